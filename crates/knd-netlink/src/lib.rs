@@ -1,0 +1,1 @@
+//! knd-netlink (placeholder, being written)

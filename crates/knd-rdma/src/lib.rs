@@ -1,0 +1,1 @@
+//! knd-rdma (placeholder, being written)

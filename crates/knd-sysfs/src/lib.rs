@@ -1,0 +1,1 @@
+//! knd-sysfs (placeholder, being written)

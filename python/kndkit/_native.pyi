@@ -1,0 +1,160 @@
+"""Typed stub of ``kndkit._native``, the Rust core (PyO3).
+
+Kept true to the built module by ``tests/unit/test_native_stub.py`` (mypy
+stubtest). Every blocking call releases the GIL. Errors are the classes of
+:mod:`kndkit.errors`.
+
+Plans (``apply``) and dump results are plain ``dict``/``list`` data; the typed
+constructors for plan steps live in :mod:`kndkit.netlink`.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any, final
+
+__version__: str
+
+# --------------------------------------------------------------------------- namespaces
+
+@final
+class NetNs:
+    """An open handle to a network namespace (an owned file descriptor).
+
+    Constructed only through the static methods; anything that is not a
+    network-namespace file is refused with :class:`kndkit.errors.NamespaceError`.
+    The calling thread never enters the namespace: kndkit opens netlink sockets
+    inside it on a short-lived thread of its own.
+    """
+
+    @staticmethod
+    def open(path: str) -> NetNs:
+        """``/run/netns/NAME``, ``/proc/PID/ns/net`` or any bind mount of a netns."""
+
+    @staticmethod
+    def from_pid(pid: int) -> NetNs: ...
+    @staticmethod
+    def from_fd(fd: int) -> NetNs:
+        """Duplicates ``fd`` (the caller keeps ownership of its own descriptor)."""
+
+    @staticmethod
+    def current() -> NetNs:
+        """The namespace of the calling thread."""
+
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def inode(self) -> int: ...
+    def fileno(self) -> int: ...
+    def is_alive(self) -> bool:
+        """False once closed, or when the path it was opened from no longer names it."""
+
+    def close(self) -> None: ...
+    def __enter__(self) -> NetNs: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+# --------------------------------------------------------------------------- netlink batches
+
+def apply(steps: Sequence[Mapping[str, Any]], *, rollback: bool = True) -> dict[str, Any]:
+    """Executes a plan: every step in as few ``sendmsg`` calls as the kernel allows.
+
+    Returns ``{"steps": n, "sendmsg": k, "results": [per-step dict]}``. On the
+    first failing step the completed steps are undone in reverse order (unless
+    ``rollback=False``) and :class:`kndkit.errors.NetlinkError` names the step.
+    Invalid input raises :class:`kndkit.errors.InvalidArgument` before anything
+    is sent. See :mod:`kndkit.netlink` for the step schema.
+    """
+
+def encode(steps: Sequence[Mapping[str, Any]], *, seq: int = 1) -> list[bytes]:
+    """The netlink messages ``apply`` would send for ``steps`` (one per step), for
+    inspection and byte-exact tests. Namespace handles encode as their fd."""
+
+def dump_links(ns: NetNs | None = None) -> list[dict[str, Any]]: ...
+def dump_addresses(ns: NetNs | None = None) -> list[dict[str, Any]]: ...
+def dump_routes(ns: NetNs | None = None, *, table: int | None = None) -> list[dict[str, Any]]: ...
+def dump_rules(ns: NetNs | None = None) -> list[dict[str, Any]]: ...
+def dump_neighbours(ns: NetNs | None = None) -> list[dict[str, Any]]: ...
+
+# --------------------------------------------------------------------------- discovery
+
+@final
+class RdmaDevice:
+    """An RDMA device from ``/sys/class/infiniband`` (with or without a netdev)."""
+
+    name: str
+    node_guid: str | None
+    node_type: str | None
+    pci_address: str | None
+    numa_node: int | None
+    pcie_root: str | None
+    netdevs: list[str]
+    char_devices: list[str]
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class NetDevice:
+    """One netdev as discovery sees it. Absent facts are ``None`` (never ``-1``)."""
+
+    ifindex: int
+    name: str
+    kind: str
+    mac: str | None
+    mtu: int
+    operstate: str
+    addresses: list[str]
+    master: str | None
+    uppers: list[str]
+    lowers: list[str]
+    pci_address: str | None
+    vendor_id: str | None
+    device_id: str | None
+    subsystem_vendor_id: str | None
+    subsystem_device_id: str | None
+    driver: str | None
+    numa_node: int | None
+    pcie_root: str | None
+    sriov_totalvfs: int | None
+    sriov_numvfs: int | None
+    physfn: str | None
+    virtfns: list[str]
+    rdma_device: str | None
+    char_devices: list[str]
+    def to_dict(self) -> dict[str, Any]: ...
+
+@final
+class Discovery:
+    netdevs: list[NetDevice]
+    rdma_devices: list[RdmaDevice]
+    def to_dict(self) -> dict[str, Any]: ...
+
+def discover(
+    sysfs_root: str = "/sys",
+    *,
+    dev_root: str = "/dev",
+    ns: NetNs | None = None,
+    netlink: bool | None = None,
+) -> Discovery:
+    """Walks ``sysfs_root`` (and, when ``netlink`` is true - the default for the
+    real ``/sys`` - a netlink dump of ``ns``) into typed records."""
+
+# --------------------------------------------------------------------------- RDMA
+
+def rdma_available() -> bool:
+    """Whether this node answers RDMA netlink (NETLINK_RDMA)."""
+
+def rdma_get_netns_mode() -> str:
+    """``"shared"`` or ``"exclusive"``; :class:`kndkit.errors.NotAvailable` without RDMA."""
+
+def rdma_set_netns_mode(mode: str) -> None: ...
+def rdma_links() -> list[dict[str, Any]]:
+    """RDMA devices as the kernel lists them over NETLINK_RDMA (NLDEV GET dump)."""
+
+def rdma_move(device: str, ns: NetNs) -> None:
+    """Moves an RDMA device to ``ns`` (exclusive mode only)."""
+
+def rdma_rename(device: str, new_name: str) -> None: ...
+def verbs_available() -> bool:
+    """Whether libibverbs could be loaded on this node (it is never linked)."""
+
+def verbs_devices() -> list[dict[str, Any]]:
+    """Devices through libibverbs: name, node GUID, ports (state, link layer, GIDs)."""
