@@ -8,6 +8,7 @@ Plans (``apply``) and dump results are plain ``dict``/``list`` data; the typed
 constructors for plan steps live in :mod:`kndkit.netlink`.
 """
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, final
 
@@ -79,63 +80,129 @@ def dump_neighbours(ns: NetNs | None = None) -> list[dict[str, Any]]: ...
 
 @final
 class RdmaDevice:
-    """An RDMA device from ``/sys/class/infiniband`` (with or without a netdev)."""
+    """An RDMA device from ``class/infiniband`` (with or without a netdev).
 
-    name: str
-    node_guid: str | None
-    node_type: str | None
-    pci_address: str | None
-    numa_node: int | None
-    pcie_root: str | None
-    netdevs: list[str]
-    char_devices: list[str]
+    ``netdevs`` is empty for an InfiniBand-only device. ``char_devices`` are the
+    canonical paths (``/dev/infiniband/uverbs0``, ``umad0``, ``issm0``,
+    ``rdma_cm``) of the nodes that exist under ``dev_root``.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def node_guid(self) -> str | None: ...
+    @property
+    def node_type(self) -> str | None:
+        """``"CA"``, ``"RNIC"``... (sysfs ``node_type`` without its number)."""
+
+    @property
+    def pci_address(self) -> str | None: ...
+    @property
+    def numa_node(self) -> int | None: ...
+    @property
+    def pcie_root(self) -> str | None: ...
+    @property
+    def netdevs(self) -> list[str]: ...
+    @property
+    def char_devices(self) -> list[str]: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
 class NetDevice:
-    """One netdev as discovery sees it. Absent facts are ``None`` (never ``-1``)."""
+    """One netdev as discovery sees it. Absent facts are ``None`` (never ``-1``).
 
-    ifindex: int
-    name: str
-    kind: str
-    mac: str | None
-    mtu: int
-    operstate: str
-    addresses: list[str]
-    master: str | None
-    uppers: list[str]
-    lowers: list[str]
-    pci_address: str | None
-    vendor_id: str | None
-    device_id: str | None
-    subsystem_vendor_id: str | None
-    subsystem_device_id: str | None
-    driver: str | None
-    numa_node: int | None
-    pcie_root: str | None
-    sriov_totalvfs: int | None
-    sriov_numvfs: int | None
-    physfn: str | None
-    virtfns: list[str]
-    rdma_device: str | None
-    char_devices: list[str]
+    ``kind`` is netlink's link kind (``veth``, ``bridge``...), else the uevent
+    DEVTYPE, else ``physical`` (it has a parent device), ``loopback`` or
+    ``virtual``. ``pcie_root`` is the root complex (``pci0000:00``). IDs are
+    lower-case ``0x`` hex strings. ``physfn``/``virtfns`` are PCI addresses.
+    ``addresses`` (CIDRs) come from netlink only. ``ifindex`` is 0 when a
+    sysfs-only walk found no readable index (see ``Discovery.warnings``).
+    """
+
+    @property
+    def ifindex(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def mac(self) -> str | None: ...
+    @property
+    def mtu(self) -> int: ...
+    @property
+    def operstate(self) -> str: ...
+    @property
+    def addresses(self) -> list[str]: ...
+    @property
+    def master(self) -> str | None: ...
+    @property
+    def uppers(self) -> list[str]: ...
+    @property
+    def lowers(self) -> list[str]: ...
+    @property
+    def pci_address(self) -> str | None: ...
+    @property
+    def vendor_id(self) -> str | None: ...
+    @property
+    def device_id(self) -> str | None: ...
+    @property
+    def subsystem_vendor_id(self) -> str | None: ...
+    @property
+    def subsystem_device_id(self) -> str | None: ...
+    @property
+    def driver(self) -> str | None: ...
+    @property
+    def numa_node(self) -> int | None: ...
+    @property
+    def pcie_root(self) -> str | None: ...
+    @property
+    def sriov_totalvfs(self) -> int | None: ...
+    @property
+    def sriov_numvfs(self) -> int | None: ...
+    @property
+    def physfn(self) -> str | None: ...
+    @property
+    def virtfns(self) -> list[str]: ...
+    @property
+    def rdma_device(self) -> str | None: ...
+    @property
+    def char_devices(self) -> list[str]: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 @final
 class Discovery:
-    netdevs: list[NetDevice]
-    rdma_devices: list[RdmaDevice]
+    """The result of one walk. ``warnings`` holds one line per attribute that
+    could not be read or parsed (the walk goes on without that fact)."""
+
+    @property
+    def netdevs(self) -> list[NetDevice]:
+        """Sorted by ifindex."""
+
+    @property
+    def rdma_devices(self) -> list[RdmaDevice]:
+        """Sorted by name."""
+
+    @property
+    def warnings(self) -> list[str]: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 def discover(
-    sysfs_root: str = "/sys",
+    sysfs_root: str | os.PathLike[str] = "/sys",
     *,
-    dev_root: str = "/dev",
+    dev_root: str | os.PathLike[str] = "/dev",
     ns: NetNs | None = None,
     netlink: bool | None = None,
 ) -> Discovery:
     """Walks ``sysfs_root`` (and, when ``netlink`` is true - the default for the
-    real ``/sys`` - a netlink dump of ``ns``) into typed records."""
+    real ``/sys`` - a netlink dump of ``ns``) into typed records.
+
+    With netlink, name/kind/MAC/MTU/state/addresses/master come from the dump and
+    sysfs is read only for parent devices (PCI, NUMA, SR-IOV, driver). Without,
+    everything is read from ``class/net`` (fake trees, see
+    :mod:`kndkit.testing.sysfs`). ``ns`` needs netlink. A missing ``sysfs_root``
+    raises :class:`kndkit.errors.InvalidArgument`; a malformed attribute is a
+    warning, never an error.
+    """
 
 # --------------------------------------------------------------------------- RDMA
 

@@ -234,7 +234,10 @@ fn is_real_sysfs(p: &Path) -> bool {
 /// Walks `sysfs_root` (and, when `netlink` is true - the default for the real
 /// `/sys` - a netlink dump of `ns`) into typed records.
 #[pyfunction]
-#[pyo3(signature = (sysfs_root = PathBuf::from("/sys"), *, dev_root = PathBuf::from("/dev"), ns = None, netlink = None))]
+#[pyo3(
+    signature = (sysfs_root = PathBuf::from("/sys"), *, dev_root = PathBuf::from("/dev"), ns = None, netlink = None),
+    text_signature = "(sysfs_root='/sys', *, dev_root='/dev', ns=None, netlink=None)"
+)]
 fn discover(
     py: Python<'_>,
     sysfs_root: PathBuf,
