@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString};
 
-use crate::errors::{invalid_argument, knd_error};
+use crate::errors::{invalid_argument, knd_err, knd_error, namespace_error};
 use crate::py_netns::PyNetNs;
 
 /// An RDMA device from `class/infiniband` (with or without a netdev).
@@ -216,15 +216,72 @@ impl PyDiscovery {
 
 enum Failure {
     Sysfs(knd_sysfs::SysfsError),
-    Netlink(String),
+    Netlink(knd_netlink::NlError),
 }
 
-/// Link facts of `ns` (None = the caller's namespace) from one link dump and one
-/// address dump.
-fn link_facts(_ns: Option<&knd_netns::NetNs>) -> Result<Vec<knd_sysfs::LinkFacts>, Failure> {
-    Err(Failure::Netlink(
-        "the netlink link dump is not built into this module yet".into(),
-    ))
+/// Link facts of `ns` (None = the caller's namespace): one link dump and one
+/// address dump on a single socket.
+fn link_facts(ns: Option<&knd_netns::NetNs>) -> Result<Vec<knd_sysfs::LinkFacts>, Failure> {
+    let mut conn = knd_netlink::Conn::open(ns).map_err(Failure::Netlink)?;
+    let links = conn.links().map_err(Failure::Netlink)?;
+    let addrs = conn.addresses().map_err(Failure::Netlink)?;
+    let mut facts: Vec<knd_sysfs::LinkFacts> = links
+        .into_iter()
+        .map(|l| knd_sysfs::LinkFacts {
+            ifindex: l.ifindex,
+            name: l.name,
+            kind: l.kind,
+            mac: l.mac.as_deref().and_then(knd_sysfs::format_mac),
+            mtu: l.mtu,
+            operstate: knd_sysfs::operstate_name(l.operstate).to_owned(),
+            flags: l.flags,
+            addresses: Vec::new(),
+            master: l.master.filter(|m| *m > 0),
+            link: l.link.filter(|m| *m > 0),
+            parent_dev_name: l.parent_dev_name,
+            parent_dev_bus: l.parent_dev_bus,
+        })
+        .collect();
+    let pos: std::collections::HashMap<i32, usize> = facts
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.ifindex, i))
+        .collect();
+    for a in addrs {
+        if let Some(&i) = pos.get(&a.ifindex) {
+            facts[i]
+                .addresses
+                .push(format!("{}/{}", a.address, a.prefixlen));
+        }
+    }
+    Ok(facts)
+}
+
+fn netlink_error(e: knd_netlink::NlError) -> PyErr {
+    match e.kind {
+        knd_netlink::ErrorKind::InvalidArgument => invalid_argument(e.message),
+        knd_netlink::ErrorKind::Namespace => namespace_error(e.message),
+        knd_netlink::ErrorKind::Netlink => Python::attach(|py| {
+            let kwargs: Vec<(&str, Py<PyAny>)> = vec![
+                (
+                    "errno",
+                    e.errno
+                        .into_pyobject(py)
+                        .map(|o| o.into_any().unbind())
+                        .unwrap_or_else(|_| py.None()),
+                ),
+                (
+                    "errno_name",
+                    PyString::new(py, &e.errno_name()).into_any().unbind(),
+                ),
+                (
+                    "kernel_message",
+                    PyString::new(py, &e.kernel_message).into_any().unbind(),
+                ),
+            ];
+            knd_err("NetlinkError", &e.message, &kwargs)
+        }),
+    }
 }
 
 fn is_real_sysfs(p: &Path) -> bool {
@@ -272,7 +329,7 @@ fn discover(
                 knd_sysfs::SysfsErrorKind::Io => knd_error(e.message),
             })
         }
-        Err(Failure::Netlink(m)) => return Err(knd_error(m)),
+        Err(Failure::Netlink(e)) => return Err(netlink_error(e)),
     };
     if !topo.warnings.is_empty() {
         log_warnings(py, &topo.warnings);
