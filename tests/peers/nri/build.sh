@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Build the NRI runtime-side test peer (nri-harness) and the test plugin
+# (netdev-injector) against containerd/nri v0.12.x (go.mod) and v0.11.x
+# (go.v011.mod), into tests/peers/bin/.
+#
+#   tests/peers/nri/build.sh            # both versions
+#   tests/peers/nri/build.sh v012       # one version
+#
+# Needs: go >= 1.24 and the Go module proxy (first build only).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bin="${KND_PEERS_BIN:-$here/../bin}"
+mkdir -p "$bin"
+export CGO_ENABLED=0
+
+versions=("$@")
+[ ${#versions[@]} -gt 0 ] || versions=(v012 v011)
+
+for v in "${versions[@]}"; do
+  case "$v" in
+    v012) modfile=go.mod; tags=nri_no_wasm ;;
+    v011) modfile=go.v011.mod; tags=nri_no_wasm,nri_v011 ;;
+    *) echo "build.sh: unknown version '$v' (want v012 or v011)" >&2; exit 2 ;;
+  esac
+  start=$(date +%s.%N)
+  for cmd in nri-harness netdev-injector; do
+    out="$bin/$cmd-$v"
+    [ "$cmd" = netdev-injector ] && out="$bin/nri-netdev-injector-$v"
+    (cd "$here" && go build -modfile="$modfile" -tags "$tags" -trimpath \
+      -o "$out.tmp.$$" "./cmd/$cmd")
+    mv -f "$out.tmp.$$" "$out"
+  done
+  end=$(date +%s.%N)
+  awk -v v="$v" -v s="$start" -v e="$end" 'BEGIN { printf "build.sh: %s built in %.1fs\n", v, e - s }' >&2
+done
