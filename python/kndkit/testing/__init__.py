@@ -1,0 +1,10 @@
+"""Test helpers for driver authors: fake sysfs trees (and fake ``/dev/infiniband``).
+
+See :mod:`kndkit.testing.sysfs`. Nothing here touches the real node.
+"""
+
+from __future__ import annotations
+
+from kndkit.testing.sysfs import SysfsBuilder, build_from_capture, build_synthetic
+
+__all__ = ["SysfsBuilder", "build_from_capture", "build_synthetic"]
