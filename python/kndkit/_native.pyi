@@ -207,21 +207,43 @@ def discover(
 # --------------------------------------------------------------------------- RDMA
 
 def rdma_available() -> bool:
-    """Whether this node answers RDMA netlink (NETLINK_RDMA)."""
+    """Whether this node answers RDMA netlink (NETLINK_RDMA): a socket opens and
+    SYS_GET succeeds."""
 
 def rdma_get_netns_mode() -> str:
     """``"shared"`` or ``"exclusive"``; :class:`kndkit.errors.NotAvailable` without RDMA."""
 
-def rdma_set_netns_mode(mode: str) -> None: ...
-def rdma_links() -> list[dict[str, Any]]:
-    """RDMA devices as the kernel lists them over NETLINK_RDMA (NLDEV GET dump)."""
+def rdma_set_netns_mode(mode: str) -> None:
+    """Sets the mode (``"shared"`` / ``"exclusive"``; anything else is
+    :class:`kndkit.errors.InvalidArgument`). The kernel accepts it only from the
+    initial namespace and refuses it while other namespaces exist."""
 
-def rdma_move(device: str, ns: NetNs) -> None:
-    """Moves an RDMA device to ``ns`` (exclusive mode only)."""
+def rdma_links(ns: NetNs | None = None) -> list[dict[str, Any]]:
+    """RDMA devices as the kernel lists them over NETLINK_RDMA (NLDEV GET dump,
+    then a PORT_GET dump per device), seen from ``ns`` (default: the caller's).
 
-def rdma_rename(device: str, new_name: str) -> None: ...
+    Each dict: ``index``, ``name``, ``node_guid`` / ``sys_image_guid``
+    (``"0c42:a103:0065:7a8e"`` or None), ``fw_version``, ``node_type``
+    (``"ca"``, ``"rnic"``...), ``protocol`` (``"roce"``, ``"ib"``, ``"iw"``),
+    ``port_count``, ``ports`` (``[{port, state, phys_state, lid, netdev,
+    netdev_index}]``, None where the kernel did not report a value) and
+    ``netdevs`` (names of the ports' netdevs visible in ``ns``)."""
+
+def rdma_move(device: str, ns: NetNs, *, from_ns: NetNs | None = None) -> None:
+    """Moves an RDMA device to ``ns`` (exclusive mode only). ``from_ns`` is the
+    namespace the device is in now (default: the caller's). Bad names raise
+    InvalidArgument; an unknown device or a refusal raises NetlinkError."""
+
+def rdma_rename(device: str, new_name: str, *, ns: NetNs | None = None) -> None:
+    """Renames an RDMA device (names: 1..63 printable bytes, no ``/``, ``%`` or space)."""
+
 def verbs_available() -> bool:
-    """Whether libibverbs could be loaded on this node (it is never linked)."""
+    """Whether libibverbs could be loaded on this node (it is never linked;
+    ``KNDKIT_LIBIBVERBS`` overrides the library path)."""
 
 def verbs_devices() -> list[dict[str, Any]]:
-    """Devices through libibverbs: name, node GUID, ports (state, link layer, GIDs)."""
+    """Devices through libibverbs: ``name``, ``node_guid``, ``node_type``,
+    ``fw_version``, ``ports`` (``[{port, state, phys_state, link_layer, lid,
+    active_mtu, gid_table_len, gids}]``), ``error`` (why the device could not be
+    opened, else None). ``[]`` when libibverbs loads but sees no device;
+    :class:`kndkit.errors.NotAvailable` when it cannot be loaded."""
