@@ -49,6 +49,7 @@ RTM_DELLINK = 17
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
+RTM_GETADDR = 22
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RT_TABLE_MAIN = 254
@@ -364,6 +365,7 @@ class Link:
     master: int | None = None
     link: int | None = None
     group: int | None = None
+    addresses: list[str] = field(default_factory=list)
 
 
 def _attrs(buf: bytes, off: int, end: int) -> Iterable[tuple[int, int, int]]:
@@ -401,70 +403,105 @@ def _parse_link(buf: bytes, off: int, end: int) -> Link:
     return link
 
 
-def dump_links(sock: socket.socket, seq: int = 1) -> list[Link]:
-    """One ``RTM_GETLINK`` dump, parsed."""
-    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr_u32(IFLA_EXT_MASK, 0)
-    sock.send(message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, body, seq))
-    links: list[Link] = []
+def _dump(
+    sock: socket.socket, msg_type: int, body: bytes, seq: int
+) -> Iterable[tuple[bytes, int, int]]:
+    """Sends one dump request; yields (buffer, start, end) of every answer's payload."""
+    sock.send(message(msg_type, NLM_F_REQUEST | NLM_F_DUMP, body, seq))
     while True:
         buf = sock.recv(1 << 20)
         off = 0
         while off + _NLMSGHDR.size <= len(buf):
-            length, msg_type, _flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
+            length, kind, _flags, mseq, _pid = _NLMSGHDR.unpack_from(buf, off)
             if length < _NLMSGHDR.size:
                 raise OSError("malformed netlink message")
             if mseq == seq:
-                if msg_type == NLMSG_DONE:
-                    return links
-                if msg_type == NLMSG_ERROR:
+                if kind == NLMSG_DONE:
+                    return
+                if kind == NLMSG_ERROR:
                     (err,) = _NLMSGERR_ERRNO.unpack_from(buf, off + _NLMSGHDR.size)
                     if err:
-                        raise OSError(-err, f"link dump: {os.strerror(-err)}")
-                elif msg_type == RTM_NEWLINK:
-                    links.append(_parse_link(buf, off + _NLMSGHDR.size, off + length))
+                        raise OSError(-err, f"dump: {os.strerror(-err)}")
+                else:
+                    yield buf, off + _NLMSGHDR.size, off + length
             off += (length + 3) & ~3
 
 
-def list_links(ns_fd: int | None = None) -> list[Link]:
+def dump_links(sock: socket.socket, seq: int = 1) -> list[Link]:
+    """One ``RTM_GETLINK`` dump, parsed."""
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr_u32(IFLA_EXT_MASK, 0)
+    return [_parse_link(buf, a, b) for buf, a, b in _dump(sock, RTM_GETLINK, body, seq)]
+
+
+def dump_addresses(sock: socket.socket, seq: int = 2) -> list[tuple[int, str]]:
+    """One ``RTM_GETADDR`` dump: ``(ifindex, "address/prefixlen")`` pairs."""
+    out: list[tuple[int, str]] = []
+    body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    for buf, a, b in _dump(sock, RTM_GETADDR, body, seq):
+        family, plen, _flags, _scope, index = _IFADDRMSG.unpack_from(buf, a)
+        addr = local = None
+        for kind, x, y in _attrs(buf, a + _IFADDRMSG.size, b):
+            if kind == IFA_ADDRESS:
+                addr = buf[x:y]
+            elif kind == IFA_LOCAL:
+                local = buf[x:y]
+        raw = local or addr
+        if raw is not None and family in (socket.AF_INET, socket.AF_INET6):
+            out.append((index, f"{ipaddress.ip_address(bytes(raw))}/{plen}"))
+    return out
+
+
+def list_links(ns_fd: int | None = None, *, addresses: bool = False) -> list[Link]:
+    """Links of namespace ``ns_fd`` (with their addresses when asked: a second dump)."""
     with open_socket(ns_fd) as sock:
-        return dump_links(sock)
+        links = dump_links(sock)
+        if addresses:
+            by_index = {lk.index: lk for lk in links}
+            for index, cidr in dump_addresses(sock):
+                if index in by_index:
+                    by_index[index].addresses.append(cidr)
+    return links
 
 
-SYSFS_ATTRS: Sequence[str] = (
-    "address",
-    "mtu",
-    "operstate",
-    "type",
-    "carrier",
-    "speed",
-    "phys_port_name",
-    "phys_switch_id",
-    "dev_id",
-    "addr_assign_type",
-)
+SYSFS_ATTRS: Sequence[str] = ("uevent", "ifindex", "address", "mtu", "operstate", "type")
 
 
-def read_sysfs(sysfs_root: str, names: Iterable[str]) -> dict[str, dict[str, str | None]]:
-    """Reads ``SYSFS_ATTRS`` and the ``device`` link of every netdev (os.open/os.read)."""
-    out: dict[str, dict[str, str | None]] = {}
-    for name in names:
-        base = f"{sysfs_root}/class/net/{name}/"
-        vals: dict[str, str | None] = {}
+def _read(path: str) -> str | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4096).decode(errors="replace").strip()
+    except OSError:  # e.g. EINVAL for some attributes of a link without carrier
+        return None
+    finally:
+        os.close(fd)
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def read_sysfs_netdevs(sysfs_root: str) -> list[dict[str, Any]]:
+    """Every netdev of ``<sysfs_root>/class/net`` from its attribute files: the
+    same files kndkit's sysfs-only walk reads (``SYSFS_ATTRS``, the ``master`` and
+    ``device`` links, and the directory listing for ``upper_*``/``lower_*``)."""
+    out: list[dict[str, Any]] = []
+    cls = f"{sysfs_root}/class/net"
+    for name in sorted(os.listdir(cls)):
+        base = os.path.join(cls, os.readlink(f"{cls}/{name}"))
+        rec: dict[str, Any] = {"name": name}
         for a in SYSFS_ATTRS:
-            try:
-                fd = os.open(base + a, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                vals[a] = None
-                continue
-            try:
-                vals[a] = os.read(fd, 4096).decode(errors="replace").strip()
-            except OSError:
-                vals[a] = None  # EINVAL for speed on a link without carrier...
-            finally:
-                os.close(fd)
-        try:
-            vals["device"] = os.readlink(base + "device")
-        except OSError:
-            vals["device"] = None
-        out[name] = vals
+            rec[a] = _read(f"{base}/{a}")
+        master = _readlink(f"{base}/master")
+        rec["master"] = os.path.basename(master) if master else None
+        entries = os.listdir(base)
+        rec["uppers"] = [e[6:] for e in entries if e.startswith("upper_")]
+        rec["lowers"] = [e[6:] for e in entries if e.startswith("lower_")]
+        rec["device"] = _readlink(f"{base}/device")
+        out.append(rec)
     return out
