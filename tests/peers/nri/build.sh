@@ -5,12 +5,15 @@
 #
 #   tests/peers/nri/build.sh            # both versions
 #   tests/peers/nri/build.sh v012       # one version
+#   FORCE=1 tests/peers/nri/build.sh    # rebuild even when up to date
+#
+# Output directory: $KNDKIT_PEERS_BIN (default tests/peers/bin).
 #
 # Needs: go >= 1.24 and the Go module proxy (first build only).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-bin="${KND_PEERS_BIN:-$here/../bin}"
+bin="${KNDKIT_PEERS_BIN:-$here/../bin}"
 mkdir -p "$bin"
 export CGO_ENABLED=0
 
@@ -23,6 +26,15 @@ for v in "${versions[@]}"; do
     v011) modfile=go.v011.mod; tags=nri_no_wasm,nri_v011 ;;
     *) echo "build.sh: unknown version '$v' (want v012 or v011)" >&2; exit 2 ;;
   esac
+  outs=("$bin/nri-harness-$v" "$bin/nri-netdev-injector-$v")
+  # Up to date: both binaries exist and no input is newer than the older one.
+  if [ -z "${FORCE:-}" ] && [ -x "${outs[0]}" ] && [ -x "${outs[1]}" ]; then
+    oldest="${outs[0]}"; [ "${outs[1]}" -ot "$oldest" ] && oldest="${outs[1]}"
+    if [ -z "$(find "$here/cmd" "$here/$modfile" "$here/${modfile%.mod}.sum" "$here/build.sh" -newer "$oldest" -print -quit)" ]; then
+      echo "build.sh: $v up to date" >&2
+      continue
+    fi
+  fi
   start=$(date +%s.%N)
   for cmd in nri-harness netdev-injector; do
     out="$bin/$cmd-$v"

@@ -1,0 +1,545 @@
+"""pytest plugin: containerd's NRI runtime side as a test peer.
+
+Loaded by ``tests/conftest.py``. Binaries come from ``tests/peers/nri/build.sh``
+(``nri-harness-<v>``: the upstream ``github.com/containerd/nri/pkg/adaptation``
+driven over stdin/stdout; ``nri-netdev-injector-<v>``: a plugin built on the
+upstream plugin stub that moves annotated host links into pod network
+namespaces). ``<v>`` is ``v012`` (NRI v0.12.x, per-event RPCs) or ``v011``
+(NRI v0.11.x, pod events over ``StateChange``). The fixtures run the script,
+which returns at once when the binaries are up to date. The harness protocol is
+documented in ``tests/peers/nri/README.md``.
+
+Fixtures:
+
+``nri_binaries`` (session)
+    Builds the peers; a mapping ``{"v0.12": NRIBinaries, "v0.11": NRIBinaries}``.
+
+``nri_runtime`` (function)
+    A started :class:`NRIRuntime` at NRI v0.12 (parametrize it indirectly with
+    ``"v0.11"`` for the older runtime). ``.socket`` is the path a plugin dials;
+    ``.call(cmd, **fields)``, ``.wait_plugins(n)`` and one method per event.
+    Stopped at teardown.
+
+``nri_runtime_factory`` (function)
+    ``factory(version="v0.12", *, request_timeout=None, registration_timeout=None,
+    plugin_path=None)`` for several runtimes or non-default timeouts.
+
+``nri_plugin_factory`` (function)
+    ``factory(runtime, idx="10", name=None, env=None, version=None)`` starts
+    the netdev-injector plugin (built at ``version``, default the runtime's)
+    against ``runtime.socket``; returns a :class:`NRIPlugin`. Stopped at
+    teardown.
+
+``nri_pod_netns`` (function)
+    ``factory()`` -> ``/var/run/netns/<name>`` made with ``ip netns add``; every
+    namespace is deleted at teardown.
+
+``nri_host_veth`` (function)
+    ``factory()`` -> ``(host_name, peer_name)`` of a fresh veth pair in the host
+    namespace; deleted at teardown wherever the links ended up.
+
+Helper: :func:`make_pod` builds a pod in the NRI API's JSON field names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import pathlib
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import pytest
+
+log = logging.getLogger("kndkit.tests.nri")
+
+PEERS_DIR = pathlib.Path(__file__).resolve().parent
+NRI_DIR = PEERS_DIR / "nri"
+BIN_DIR = pathlib.Path(os.environ.get("KNDKIT_PEERS_BIN", PEERS_DIR / "bin"))
+BUILD_SCRIPT = NRI_DIR / "build.sh"
+
+VERSIONS = {"v0.12": "v012", "v0.11": "v011"}
+NETNS_DIR = pathlib.Path("/var/run/netns")
+START_TIMEOUT_S = 30.0
+CALL_TIMEOUT_S = 30.0
+
+_counter = itertools.count()
+
+
+def unique_suffix() -> str:
+    """A short suffix unique to this process and call (pid-based)."""
+    return f"{os.getpid() % 100000}{next(_counter)}"
+
+
+class NRIError(Exception):
+    """A command the harness answered with ``ok: false``; ``.error`` is verbatim."""
+
+    def __init__(self, cmd: str, error: str) -> None:
+        super().__init__(f"{cmd}: {error}")
+        self.cmd = cmd
+        self.error = error
+
+
+class NRIHarnessGone(Exception):
+    """The harness process exited or stopped answering."""
+
+
+@dataclass(frozen=True)
+class NRIBinaries:
+    harness: pathlib.Path
+    netdev_injector: pathlib.Path
+
+
+def build_nri_peers() -> dict[str, NRIBinaries]:
+    """Run build.sh (fast when up to date) and return the binaries per version."""
+    if shutil.which("go") is None:
+        pytest.skip("the go toolchain is needed to build the NRI peers")
+    env = dict(os.environ, KNDKIT_PEERS_BIN=str(BIN_DIR))
+    proc = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{BUILD_SCRIPT} failed:\n{proc.stdout}\n{proc.stderr}")
+    log.info("nri peers: %s", proc.stderr.strip())
+    return {
+        version: NRIBinaries(
+            harness=BIN_DIR / f"nri-harness-{tag}",
+            netdev_injector=BIN_DIR / f"nri-netdev-injector-{tag}",
+        )
+        for version, tag in VERSIONS.items()
+    }
+
+
+def make_pod(
+    name: str,
+    *,
+    netns: str | os.PathLike[str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+    namespace: str = "default",
+    uid: str | None = None,
+    pod_id: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A PodSandbox in the NRI API's JSON field names.
+
+    ``netns`` becomes the ``linux.namespaces`` entry of type ``network``; leave
+    it out for a host-network pod.
+    """
+    pod: dict[str, Any] = {
+        "id": pod_id or f"sandbox-{name}",
+        "name": name,
+        "uid": uid or f"uid-{name}",
+        "namespace": namespace,
+        "annotations": dict(annotations or {}),
+        "labels": dict(labels or {}),
+        "linux": {"namespaces": []},
+    }
+    if netns is not None:
+        pod["linux"]["namespaces"].append({"type": "network", "path": str(netns)})
+    return pod
+
+
+def make_container(
+    name: str, pod: Mapping[str, Any], *, ctr_id: str | None = None
+) -> dict[str, Any]:
+    """A Container of ``pod`` in the NRI API's JSON field names."""
+    return {
+        "id": ctr_id or f"ctr-{pod['name']}-{name}",
+        "pod_sandbox_id": pod["id"],
+        "name": name,
+        "state": "CONTAINER_CREATED",
+    }
+
+
+class NRIRuntime:
+    """A running nri-harness: containerd's NRI side, driven by JSON lines."""
+
+    def __init__(
+        self,
+        binary: pathlib.Path,
+        version: str,
+        workdir: pathlib.Path,
+        *,
+        request_timeout: float | None = None,
+        registration_timeout: float | None = None,
+        plugin_path: pathlib.Path | None = None,
+    ) -> None:
+        self.version = version
+        self.workdir = workdir
+        self.socket = workdir / "nri.sock"
+        self.stderr_path = workdir / "harness.stderr"
+        args = [str(binary), "--socket", str(self.socket)]
+        args += ["--plugin-path", str(plugin_path or (workdir / "plugins"))]
+        args += ["--plugin-config-path", str(workdir / "conf.d")]
+        if request_timeout is not None:
+            args += ["--request-timeout", f"{int(request_timeout * 1000)}ms"]
+        if registration_timeout is not None:
+            args += ["--registration-timeout", f"{int(registration_timeout * 1000)}ms"]
+        self._stderr: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            bufsize=1,
+        )
+        self.events: list[dict[str, Any]] = []
+        self._events_lock = threading.Lock()
+        self._replies: dict[int, queue.Queue[dict[str, Any]]] = {}
+        self._ready: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._ids = itertools.count(1)
+        self._write_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name="nri-harness-reader", daemon=True)
+        self._reader.start()
+        try:
+            self.ready = self._ready.get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            self.close()
+            raise NRIHarnessGone(f"harness did not start:\n{self.stderr_tail()}") from None
+        if not self.ready:
+            self.close()
+            raise NRIHarnessGone(f"harness exited at start:\n{self.stderr_tail()}")
+        self.socket = pathlib.Path(self.ready["socket"])
+        self.nri_version: str = self.ready["nri_version"]
+        log.info("nri harness %s (%s) on %s", version, self.nri_version, self.socket)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("nri harness: non-JSON line %r", line)
+                continue
+            if "event" in msg:
+                if msg["event"] == "ready":
+                    self._ready.put(msg)
+                with self._events_lock:
+                    self.events.append(msg)
+                continue
+            q = self._replies.get(msg.get("id", -1))
+            if q is not None:
+                q.put(msg)
+        # EOF: wake up every waiter
+        self._ready.put({})
+        for q in list(self._replies.values()):
+            q.put({})
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def call(self, cmd: str, timeout: float = CALL_TIMEOUT_S, **fields: Any) -> Any:
+        """Send one command; return its result or raise :class:`NRIError`."""
+        ok, value = self.try_call(cmd, timeout=timeout, **fields)
+        if not ok:
+            raise NRIError(cmd, value)
+        return value
+
+    def try_call(
+        self, cmd: str, timeout: float = CALL_TIMEOUT_S, **fields: Any
+    ) -> tuple[bool, Any]:
+        """Send one command; return ``(True, result)`` or ``(False, error text)``."""
+        if self.proc.poll() is not None:
+            raise NRIHarnessGone(f"harness exited ({self.proc.returncode}):\n{self.stderr_tail()}")
+        rid = next(self._ids)
+        q: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._replies[rid] = q
+        line = json.dumps({"id": rid, "cmd": cmd, **fields})
+        try:
+            with self._write_lock:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write(line + "\n")
+                self.proc.stdin.flush()
+            try:
+                msg = q.get(timeout=timeout)
+            except queue.Empty:
+                raise NRIHarnessGone(
+                    f"no reply to {cmd} within {timeout}s:\n{self.stderr_tail()}"
+                ) from None
+        except BrokenPipeError:
+            raise NRIHarnessGone(f"harness gone:\n{self.stderr_tail()}") from None
+        finally:
+            self._replies.pop(rid, None)
+        if not msg:
+            raise NRIHarnessGone(f"harness exited during {cmd}:\n{self.stderr_tail()}")
+        if msg.get("ok"):
+            return True, msg.get("result")
+        return False, str(msg.get("error", ""))
+
+    # --- convenience wrappers -------------------------------------------------
+
+    def wait_plugins(self, count: int = 1, timeout: float = 10.0) -> list[str]:
+        """Wait until ``count`` plugins are registered and synchronized."""
+        res = self.call(
+            "wait_plugins", timeout=timeout + 5, count=count, timeout_ms=int(timeout * 1000)
+        )
+        return list(res["live"])
+
+    def set_state(
+        self, pods: Sequence[Mapping[str, Any]] = (), containers: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
+        """Set what Synchronize hands to plugins that connect from now on."""
+        self.call("set_state", pods=list(pods), containers=list(containers))
+
+    def run_pod_sandbox(self, pod: Mapping[str, Any]) -> None:
+        self.call("run_pod_sandbox", pod=pod)
+
+    def stop_pod_sandbox(self, pod: Mapping[str, Any]) -> None:
+        self.call("stop_pod_sandbox", pod=pod)
+
+    def remove_pod_sandbox(self, pod: Mapping[str, Any]) -> None:
+        self.call("remove_pod_sandbox", pod=pod)
+
+    def create_container(
+        self, pod: Mapping[str, Any], container: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Returns the merged CreateContainerResponse (``adjust``, ``update``, ``evict``)."""
+        return dict(self.call("create_container", pod=pod, container=container))
+
+    def events_named(self, name: str) -> list[dict[str, Any]]:
+        with self._events_lock:
+            return [e for e in self.events if e.get("event") == name]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.call("shutdown", timeout=10)
+            with contextlib.suppress(Exception):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        self._stderr.close()
+
+
+class NRIPlugin:
+    """A running netdev-injector plugin process."""
+
+    def __init__(
+        self,
+        binary: pathlib.Path,
+        runtime: NRIRuntime,
+        workdir: pathlib.Path,
+        *,
+        idx: str = "10",
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name or "netdev-injector"
+        self.idx = idx
+        self.qualified = f"{idx}-{self.name}"
+        self.events_path = workdir / f"plugin-{self.qualified}.events.jsonl"
+        self.stderr_path = workdir / f"plugin-{self.qualified}.stderr"
+        args = [str(binary), "-idx", idx, "-name", self.name, "-socket", str(runtime.socket)]
+        args += ["-events", str(self.events_path)]
+        for k, v in (env or {}).items():
+            args += ["-env", f"{k}={v}"]
+        self._stderr: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=self._stderr)
+
+    def received(self) -> list[dict[str, Any]]:
+        """The events the plugin recorded (one dict per event)."""
+        try:
+            text = self.events_path.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._stderr.close()
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def link_exists(name: str, netns: str | None = None) -> bool:
+    """True when link ``name`` exists (in ``netns``, a name under /var/run/netns)."""
+    args = ["-n", netns] if netns else []
+    return _ip(*args, "link", "show", "dev", name, check=False).returncode == 0
+
+
+def link_info(name: str, netns: str | None = None) -> dict[str, Any]:
+    """``ip -j link show`` of one link."""
+    args = ["-n", netns] if netns else []
+    out = _ip(*args, "-j", "-d", "link", "show", "dev", name).stdout
+    info: list[dict[str, Any]] = json.loads(out)
+    return info[0]
+
+
+def links_in(netns: str) -> list[str]:
+    out = _ip("-n", netns, "-j", "link", "show").stdout
+    return [entry["ifname"] for entry in json.loads(out)]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def nri_binaries() -> dict[str, NRIBinaries]:
+    return build_nri_peers()
+
+
+@pytest.fixture
+def nri_runtime_factory(
+    nri_binaries: dict[str, NRIBinaries],
+) -> Iterator[Callable[..., NRIRuntime]]:
+    started: list[NRIRuntime] = []
+    dirs: list[str] = []
+
+    def factory(
+        version: str = "v0.12",
+        *,
+        request_timeout: float | None = None,
+        registration_timeout: float | None = None,
+        plugin_path: pathlib.Path | None = None,
+    ) -> NRIRuntime:
+        if version not in nri_binaries:
+            raise ValueError(f"unknown NRI version {version!r}; have {sorted(nri_binaries)}")
+        workdir = tempfile.mkdtemp(prefix=f"knd-nri-{os.getpid()}-")
+        dirs.append(workdir)
+        rt = NRIRuntime(
+            nri_binaries[version].harness,
+            version,
+            pathlib.Path(workdir),
+            request_timeout=request_timeout,
+            registration_timeout=registration_timeout,
+            plugin_path=plugin_path,
+        )
+        started.append(rt)
+        return rt
+
+    try:
+        yield factory
+    finally:
+        for rt in reversed(started):
+            with contextlib.suppress(Exception):
+                rt.close()
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def nri_runtime(
+    request: pytest.FixtureRequest, nri_runtime_factory: Callable[..., NRIRuntime]
+) -> NRIRuntime:
+    version = getattr(request, "param", "v0.12")
+    return nri_runtime_factory(version)
+
+
+@pytest.fixture
+def nri_plugin_factory(
+    nri_binaries: dict[str, NRIBinaries],
+) -> Iterator[Callable[..., NRIPlugin]]:
+    started: list[NRIPlugin] = []
+
+    def factory(
+        runtime: NRIRuntime,
+        idx: str = "10",
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        version: str | None = None,
+    ) -> NRIPlugin:
+        plugin = NRIPlugin(
+            nri_binaries[version or runtime.version].netdev_injector,
+            runtime,
+            runtime.workdir,
+            idx=idx,
+            name=name,
+            env=env,
+        )
+        started.append(plugin)
+        return plugin
+
+    try:
+        yield factory
+    finally:
+        for p in reversed(started):
+            with contextlib.suppress(Exception):
+                p.stop()
+
+
+@pytest.fixture
+def nri_pod_netns() -> Iterator[Callable[[], pathlib.Path]]:
+    made: list[str] = []
+
+    def factory() -> pathlib.Path:
+        name = f"knd-nri-{unique_suffix()}"
+        _ip("netns", "add", name)
+        made.append(name)
+        return NETNS_DIR / name
+
+    try:
+        yield factory
+    finally:
+        for name in made:
+            # deleting the namespace destroys veth ends still inside it
+            _ip("netns", "del", name, check=False)
+
+
+@pytest.fixture
+def nri_host_veth() -> Iterator[Callable[[], tuple[str, str]]]:
+    made: list[tuple[str, str]] = []
+
+    def factory() -> tuple[str, str]:
+        sfx = unique_suffix()
+        host, peer = f"knri{sfx}a", f"knri{sfx}b"
+        assert len(host) <= 15, host
+        _ip("link", "add", host, "type", "veth", "peer", "name", peer)
+        made.append((host, peer))
+        return host, peer
+
+    try:
+        yield factory
+    finally:
+        for host, peer in made:
+            # a veth pair goes away when either end is deleted; one end may
+            # sit in a pod namespace (removed with it) under another name
+            for name in (host, peer):
+                if link_exists(name):
+                    _ip("link", "del", name, check=False)
+                    break
+        # wait briefly for asynchronous veth teardown
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and any(link_exists(h) for h, _ in made):
+            time.sleep(0.05)
