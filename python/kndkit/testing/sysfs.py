@@ -45,11 +45,16 @@ __all__ = [
     "CONNECTX_IB_DEVICE",
     "CONNECTX_PF_DEVICE",
     "CONNECTX_VF_DEVICE",
+    "GPU_VM_CAPTURE",
     "MELLANOX_VENDOR",
     "SysfsBuilder",
     "build_from_capture",
     "build_synthetic",
 ]
+
+#: A real capture of a GPU host (one NVIDIA H200 and a virtio NIC under root
+#: complex ``pci0000:00``, no NUMA information), for :func:`build_from_capture`.
+GPU_VM_CAPTURE = Path(__file__).resolve().parent / "data" / "gpu-vm-topology.json"
 
 MELLANOX_VENDOR = "0x15b3"
 #: ConnectX-6 Dx physical function (Ethernet / RoCE), ``mlx5_core``.
@@ -109,6 +114,9 @@ class SysfsBuilder:
         link = self.root / rel
         link.parent.mkdir(parents=True, exist_ok=True)
         target = os.path.relpath(self.root / target_rel, link.parent)
+        if all(part == ".." for part in Path(target).parts):
+            # The kernel spells a link to an ancestor as "../../../<name>".
+            target = os.path.join(target, "..", Path(target_rel).name)
         if link.is_symlink():
             link.unlink()
         link.symlink_to(target)
