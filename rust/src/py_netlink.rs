@@ -1,7 +1,781 @@
-//! Python bindings (placeholder, being written).
+//! `kndkit._native.apply / encode / dump_*`: conversion between plan-step dicts
+//! (docs/plan-steps.md) and [`knd_netlink`]. The work runs with the GIL released.
 
+use std::net::IpAddr;
+
+use knd_netlink::plan::{self, Addr, Kind, LinkRef, LinkSet, Neigh, NewLink, Op, Route, Rule};
+use knd_netlink::{wire, ErrorKind, NlError, Plan, Step};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::errors::{invalid_argument, knd_err};
+use crate::py_netns::PyNetNs;
+
+/// Turns an [`NlError`] into the matching `kndkit.errors` exception.
+pub fn to_py(e: NlError) -> PyErr {
+    match e.kind {
+        ErrorKind::InvalidArgument => with_attrs("InvalidArgument", &e),
+        ErrorKind::Namespace => with_attrs("NamespaceError", &e),
+        ErrorKind::Netlink => Python::attach(|py| {
+            let kw: Vec<(&str, Py<PyAny>)> = vec![
+                (
+                    "step_index",
+                    e.step_index
+                        .into_pyobject(py)
+                        .map(|v| v.into_any().unbind())
+                        .unwrap_or_else(|_| py.None()),
+                ),
+                (
+                    "op",
+                    e.op.clone()
+                        .into_pyobject(py)
+                        .map(|v| v.into_any().unbind())
+                        .unwrap_or_else(|_| py.None()),
+                ),
+                (
+                    "ifname",
+                    e.ifname
+                        .clone()
+                        .into_pyobject(py)
+                        .map(|v| v.into_any().unbind())
+                        .unwrap_or_else(|_| py.None()),
+                ),
+                (
+                    "errno",
+                    e.errno
+                        .into_pyobject(py)
+                        .map(|v| v.into_any().unbind())
+                        .unwrap_or_else(|_| py.None()),
+                ),
+                (
+                    "errno_name",
+                    e.errno_name()
+                        .into_pyobject(py)
+                        .map(|v| v.into_any().unbind())
+                        .unwrap_or_else(|_| py.None()),
+                ),
+                (
+                    "kernel_message",
+                    e.kernel_message
+                        .clone()
+                        .into_pyobject(py)
+                        .map(|v| v.into_any().unbind())
+                        .unwrap_or_else(|_| py.None()),
+                ),
+                (
+                    "rolled_back",
+                    pyo3::types::PyBool::new(py, e.rolled_back)
+                        .to_owned()
+                        .into_any()
+                        .unbind(),
+                ),
+                (
+                    "rollback_errors",
+                    PyList::new(py, &e.rollback_errors)
+                        .map(|v| v.into_any().unbind())
+                        .unwrap_or_else(|_| py.None()),
+                ),
+            ];
+            knd_err("NetlinkError", &e.message, &kw)
+        }),
+    }
+}
+
+/// Classes without keyword constructors still carry the step facts as attributes.
+fn with_attrs(class: &str, e: &NlError) -> PyErr {
+    let err = knd_err(class, &e.message, &[]);
+    Python::attach(|py| {
+        let v = err.value(py);
+        let _ = v.setattr("step_index", e.step_index);
+        let _ = v.setattr("op", e.op.clone());
+        let _ = v.setattr("ifname", e.ifname.clone());
+        let _ = v.setattr("errno", e.errno);
+        let _ = v.setattr("errno_name", e.errno_name());
+        let _ = v.setattr("rolled_back", e.rolled_back);
+        let _ = v.setattr("rollback_errors", e.rollback_errors.clone());
+    });
+    err
+}
+
+struct Parser {
+    namespaces: Vec<knd_netns::NetNs>,
+}
+
+type Res<T> = Result<T, String>;
+
+impl Parser {
+    fn ns(&mut self, v: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+        if v.is_none() {
+            return Ok(None);
+        }
+        let Ok(h) = v.cast::<PyNetNs>() else {
+            return Err(invalid_argument(format!(
+                "expected a NetNs handle, got {}",
+                type_name(v)
+            )));
+        };
+        let ns = h.get().clone_inner()?;
+        if let Some(i) = self.namespaces.iter().position(|n| n.same_as(&ns)) {
+            return Ok(Some(i));
+        }
+        self.namespaces.push(ns);
+        Ok(Some(self.namespaces.len() - 1))
+    }
+}
+
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn allowed(op: &str) -> Option<&'static [&'static str]> {
+    Some(match op {
+        "link_set" => &[
+            "name",
+            "mtu",
+            "mac",
+            "up",
+            "alias",
+            "group",
+            "netns",
+            "gso_max_size",
+            "gro_max_size",
+        ],
+        "link_del" => &[],
+        "link_del_group" => &["group"],
+        "veth_add" => &[
+            "name",
+            "peer_name",
+            "peer_ns",
+            "netns",
+            "mtu",
+            "mac",
+            "peer_mac",
+            "group",
+            "peer_group",
+            "up",
+        ],
+        "macvlan_add" => &["name", "link", "mode", "netns", "mtu", "mac", "group", "up"],
+        "ipvlan_add" => &[
+            "name", "link", "mode", "flags", "netns", "mtu", "group", "up",
+        ],
+        "vlan_add" => &[
+            "name", "link", "vlan_id", "protocol", "netns", "mtu", "mac", "group", "up",
+        ],
+        "addr_add" | "addr_del" => &["address", "flags", "scope"],
+        "route_add" | "route_del" => &[
+            "dst", "gateway", "src", "scope", "table", "metric", "protocol", "family",
+        ],
+        "rule_add" | "rule_del" => &[
+            "family", "priority", "table", "src", "dst", "iif", "oif", "fwmark",
+        ],
+        "neigh_add" | "neigh_del" => &["address", "lladdr", "state"],
+        _ => return None,
+    })
+}
+
+struct D<'a, 'py> {
+    d: &'a Bound<'py, PyDict>,
+}
+
+impl<'py> D<'_, 'py> {
+    fn get(&self, k: &str) -> Option<Bound<'py, PyAny>> {
+        self.d.get_item(k).ok().flatten().filter(|v| !v.is_none())
+    }
+    fn str(&self, k: &str) -> Res<Option<String>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .extract::<String>()
+                .map(Some)
+                .map_err(|_| format!("{k} must be a string, got {}", type_name(&v))),
+        }
+    }
+    fn req_str(&self, k: &str) -> Res<String> {
+        self.str(k)?.ok_or_else(|| format!("{k} is required"))
+    }
+    fn u32(&self, k: &str) -> Res<Option<u32>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) if v.is_instance_of::<pyo3::types::PyBool>() => {
+                Err(format!("{k} must be an integer"))
+            }
+            Some(v) => v
+                .extract::<u32>()
+                .map(Some)
+                .map_err(|_| format!("{k} must be an integer in 0..2^32, got {v}")),
+        }
+    }
+    fn bool(&self, k: &str) -> Res<Option<bool>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v
+                .extract::<bool>()
+                .map(Some)
+                .map_err(|_| format!("{k} must be a bool")),
+        }
+    }
+    fn mac(&self, k: &str) -> Res<Option<Vec<u8>>> {
+        self.str(k)?.map(|s| plan::parse_mac(&s)).transpose()
+    }
+    fn ifname(&self, k: &str) -> Res<Option<String>> {
+        let n = self.str(k)?;
+        if let Some(n) = &n {
+            plan::validate_ifname(n)?;
+        }
+        Ok(n)
+    }
+    fn cidr(&self, k: &str) -> Res<Option<(IpAddr, u8)>> {
+        self.str(k)?.map(|s| plan::parse_cidr(&s)).transpose()
+    }
+    fn ip(&self, k: &str) -> Res<Option<IpAddr>> {
+        self.str(k)?
+            .map(|s| {
+                s.parse::<IpAddr>()
+                    .map_err(|_| format!("{k}: invalid IP address {s:?}"))
+            })
+            .transpose()
+    }
+    fn link(&self) -> Res<Option<LinkRef>> {
+        if let Some(n) = self.ifname("ifname")? {
+            return Ok(Some(LinkRef::Name(n)));
+        }
+        match self.get("ifindex") {
+            None => Ok(None),
+            Some(v) => match v.extract::<i32>() {
+                Ok(i) if i > 0 => Ok(Some(LinkRef::Index(i))),
+                _ => Err(format!("ifindex must be a positive integer, got {v}")),
+            },
+        }
+    }
+    fn req_link(&self) -> Res<LinkRef> {
+        self.link()?
+            .ok_or_else(|| "ifname or ifindex is required".to_string())
+    }
+    /// A string from `names` or a raw integer.
+    fn named(&self, k: &str, names: &[(&str, u32)]) -> Res<Option<u32>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => {
+                if let Ok(s) = v.extract::<String>() {
+                    names
+                        .iter()
+                        .find(|(n, _)| *n == s)
+                        .map(|(_, x)| Some(*x))
+                        .ok_or_else(|| {
+                            format!("{k}: unknown value {s:?} (expected one of {})", list(names))
+                        })
+                } else if v.is_instance_of::<pyo3::types::PyBool>() {
+                    Err(format!("{k} must be a string or an integer"))
+                } else {
+                    v.extract::<u32>()
+                        .map(Some)
+                        .map_err(|_| format!("{k} must be a string or an integer"))
+                }
+            }
+        }
+    }
+    fn only_named(&self, k: &str, names: &[(&str, u32)]) -> Res<Option<u32>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => {
+                let s = v
+                    .extract::<String>()
+                    .map_err(|_| format!("{k} must be a string"))?;
+                names
+                    .iter()
+                    .find(|(n, _)| *n == s)
+                    .map(|(_, x)| Some(*x))
+                    .ok_or_else(|| {
+                        format!("{k}: unknown value {s:?} (expected one of {})", list(names))
+                    })
+            }
+        }
+    }
+}
+
+fn list(names: &[(&str, u32)]) -> String {
+    names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+const SCOPES: &[(&str, u32)] = &[
+    ("universe", 0),
+    ("global", 0),
+    ("site", 200),
+    ("link", 253),
+    ("host", 254),
+    ("nowhere", 255),
+];
+const TABLES: &[(&str, u32)] = &[("main", 254), ("local", 255), ("default", 253)];
+const PROTOCOLS: &[(&str, u32)] = &[("boot", 3), ("static", 4), ("kernel", 2)];
+const FAMILIES: &[(&str, u32)] = &[("inet", 2), ("inet6", 10)];
+const MACVLAN_MODES: &[(&str, u32)] = &[
+    ("private", 1),
+    ("vepa", 2),
+    ("bridge", 4),
+    ("passthru", 8),
+    ("source", 16),
+];
+const IPVLAN_MODES: &[(&str, u32)] = &[("l2", 0), ("l3", 1), ("l3s", 2)];
+const IPVLAN_FLAGS: &[(&str, u32)] = &[("bridge", 0), ("private", 1), ("vepa", 2)];
+const VLAN_PROTOCOLS: &[(&str, u32)] = &[("802.1Q", 0x8100), ("802.1ad", 0x88a8)];
+const NUD_STATES: &[(&str, u32)] = &[
+    ("permanent", 0x80),
+    ("reachable", 0x02),
+    ("stale", 0x04),
+    ("noarp", 0x40),
+];
+const ADDR_FLAGS: &[(&str, u32)] = &[
+    ("nodad", 0x02),
+    ("home", 0x10),
+    ("mngtmpaddr", 0x100),
+    ("noprefixroute", 0x200),
+];
+
+fn parse_step(p: &mut Parser, i: usize, obj: &Bound<'_, PyAny>) -> PyResult<Step> {
+    let fail = |op: &str, m: String| invalid_argument(format!("step {i} ({op}): {m}"));
+    let d = obj.cast::<PyDict>().map_err(|_| {
+        invalid_argument(format!("step {i}: expected a dict, got {}", type_name(obj)))
+    })?;
+    let dd = D { d };
+    let op = dd.req_str("op").map_err(|m| fail("?", m))?;
+    let Some(keys) = allowed(&op) else {
+        return Err(fail(&op, format!("unknown op {op:?}")));
+    };
+    for k in d.keys() {
+        let k: String = k
+            .extract()
+            .map_err(|_| fail(&op, "keys must be strings".into()))?;
+        if !(k == "op"
+            || k == "ns"
+            || k == "ifname"
+            || k == "ifindex"
+            || keys.contains(&k.as_str()))
+        {
+            return Err(fail(&op, format!("unknown key {k:?}")));
+        }
+    }
+    let ns = match dd.get("ns") {
+        Some(v) => p.ns(&v)?,
+        None => None,
+    };
+    let mut nsk = |k: &str| -> PyResult<Option<usize>> {
+        match dd.get(k) {
+            Some(v) => p.ns(&v),
+            None => Ok(None),
+        }
+    };
+    let netns = nsk("netns")?;
+    let peer_ns = if op == "veth_add" {
+        nsk("peer_ns")?
+    } else {
+        None
+    };
+    let built: Res<Op> = (|| {
+        let new_link = |kind: Kind| -> Res<Op> {
+            Ok(Op::NewLink(NewLink {
+                name: dd.ifname("name")?.ok_or("name is required")?,
+                netns,
+                mtu: dd.u32("mtu")?,
+                mac: dd.mac("mac")?,
+                group: dd.u32("group")?,
+                up: dd.bool("up")?.unwrap_or(false),
+                kind,
+            }))
+        };
+        let parent = || -> Res<LinkRef> {
+            Ok(LinkRef::Name(
+                dd.ifname("link")?
+                    .ok_or("link (the parent interface) is required")?,
+            ))
+        };
+        Ok(match op.as_str() {
+            "link_set" => Op::LinkSet(LinkSet {
+                link: Some(dd.req_link()?),
+                name: dd.ifname("name")?,
+                mtu: dd.u32("mtu")?,
+                mac: dd.mac("mac")?,
+                up: dd.bool("up")?,
+                alias: dd.str("alias")?,
+                group: dd.u32("group")?,
+                netns,
+                gso_max_size: dd.u32("gso_max_size")?,
+                gro_max_size: dd.u32("gro_max_size")?,
+            }),
+            "link_del" => Op::LinkDel(dd.req_link()?),
+            "link_del_group" => Op::LinkDelGroup(dd.u32("group")?.ok_or("group is required")?),
+            "veth_add" => new_link(Kind::Veth {
+                peer_name: dd.ifname("peer_name")?.ok_or("peer_name is required")?,
+                peer_ns,
+                peer_mac: dd.mac("peer_mac")?,
+                peer_group: dd.u32("peer_group")?,
+            })?,
+            "macvlan_add" => new_link(Kind::Macvlan {
+                link: parent()?,
+                mode: dd.only_named("mode", MACVLAN_MODES)?.unwrap_or(4),
+            })?,
+            "ipvlan_add" => new_link(Kind::Ipvlan {
+                link: parent()?,
+                mode: dd.only_named("mode", IPVLAN_MODES)?.unwrap_or(0) as u16,
+                flags: dd.only_named("flags", IPVLAN_FLAGS)?.unwrap_or(0) as u16,
+            })?,
+            "vlan_add" => {
+                let id = dd.u32("vlan_id")?.ok_or("vlan_id is required")?;
+                if !(1..=4094).contains(&id) {
+                    return Err(format!("vlan_id {id} is outside 1..4094"));
+                }
+                new_link(Kind::Vlan {
+                    link: parent()?,
+                    id: id as u16,
+                    protocol: dd.only_named("protocol", VLAN_PROTOCOLS)?.unwrap_or(0x8100) as u16,
+                })?
+            }
+            "addr_add" | "addr_del" => {
+                let (ip, prefix) = dd.cidr("address")?.ok_or("address is required")?;
+                let mut flags = 0;
+                if let Some(v) = dd.get("flags") {
+                    let names: Vec<String> = v
+                        .extract()
+                        .map_err(|_| "flags must be a list of strings".to_string())?;
+                    for n in names {
+                        flags |= ADDR_FLAGS
+                            .iter()
+                            .find(|(k, _)| *k == n)
+                            .map(|x| x.1)
+                            .ok_or_else(|| {
+                                format!(
+                                    "flags: unknown address flag {n:?} (expected {})",
+                                    list(ADDR_FLAGS)
+                                )
+                            })?;
+                    }
+                }
+                let scope = dd.named("scope", SCOPES)?.unwrap_or(0);
+                if scope > 255 {
+                    return Err(format!("scope {scope} is outside 0..255"));
+                }
+                Op::Addr(Addr {
+                    add: op == "addr_add",
+                    link: dd.req_link()?,
+                    ip,
+                    prefix,
+                    flags,
+                    scope: scope as u8,
+                })
+            }
+            "route_add" | "route_del" => {
+                let dst_s = dd.req_str("dst")?;
+                let gateway = dd.ip("gateway")?;
+                let prefsrc = dd.ip("src")?;
+                let fam = dd.only_named("family", FAMILIES)?.map(|f| f as u8);
+                let dst = if dst_s == "default" {
+                    None
+                } else {
+                    Some(plan::parse_cidr(&dst_s)?)
+                };
+                let family = match (dst, fam, gateway.or(prefsrc)) {
+                    (Some((ip, _)), _, _) => wire::family_of(&ip),
+                    (None, Some(f), _) => f,
+                    (None, None, Some(ip)) => wire::family_of(&ip),
+                    (None, None, None) => {
+                        return Err("family is required for a default route without gateway".into())
+                    }
+                };
+                if let (Some(f), Some((ip, _))) = (fam, dst) {
+                    if wire::family_of(&ip) != f {
+                        return Err("family does not match dst".into());
+                    }
+                }
+                let scope = dd.named("scope", SCOPES)?;
+                if scope.is_some_and(|s| s > 255) {
+                    return Err("scope is outside 0..255".into());
+                }
+                let protocol = dd.named("protocol", PROTOCOLS)?;
+                if protocol.is_some_and(|s| s > 255) {
+                    return Err("protocol is outside 0..255".into());
+                }
+                Op::Route(Route {
+                    add: op == "route_add",
+                    family,
+                    dst,
+                    gateway,
+                    prefsrc,
+                    oif: dd.link()?,
+                    scope: scope.map(|s| s as u8),
+                    table: dd.named("table", TABLES)?.unwrap_or(254),
+                    metric: dd.u32("metric")?,
+                    protocol: protocol.map(|s| s as u8),
+                })
+            }
+            "rule_add" | "rule_del" => {
+                let src = dd.cidr("src")?;
+                let dst = dd.cidr("dst")?;
+                let fam = dd.only_named("family", FAMILIES)?.map(|f| f as u8);
+                let family = fam
+                    .or_else(|| src.or(dst).map(|(ip, _)| wire::family_of(&ip)))
+                    .ok_or("family is required when neither src nor dst is given")?;
+                Op::Rule(Rule {
+                    add: op == "rule_add",
+                    family,
+                    priority: dd.u32("priority")?,
+                    table: dd.named("table", TABLES)?.unwrap_or(254),
+                    src,
+                    dst,
+                    iif: dd.ifname("iif")?,
+                    oif: dd.ifname("oif")?,
+                    fwmark: dd.u32("fwmark")?,
+                })
+            }
+            "neigh_add" | "neigh_del" => Op::Neigh(Neigh {
+                add: op == "neigh_add",
+                link: dd.req_link()?,
+                ip: dd.ip("address")?.ok_or("address is required")?,
+                lladdr: dd.mac("lladdr")?,
+                state: dd.only_named("state", NUD_STATES)?.unwrap_or(0x80) as u16,
+            }),
+            _ => unreachable!("checked by allowed()"),
+        })
+    })();
+    let op_v = built.map_err(|m| fail(&op, m))?;
+    op_v.validate().map_err(|m| fail(&op, m))?;
+    Ok(Step { ns, op: op_v })
+}
+
+fn parse_plan(steps: &Bound<'_, PyAny>) -> PyResult<Plan> {
+    let mut p = Parser {
+        namespaces: Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (i, s) in steps.try_iter()?.enumerate() {
+        out.push(parse_step(&mut p, i, &s?)?);
+    }
+    Ok(Plan {
+        namespaces: p.namespaces,
+        steps: out,
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (steps, *, rollback = true))]
+fn apply<'py>(
+    py: Python<'py>,
+    steps: &Bound<'py, PyAny>,
+    rollback: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let plan = parse_plan(steps)?;
+    let out = py
+        .detach(|| knd_netlink::apply(&plan, rollback))
+        .map_err(to_py)?;
+    let d = PyDict::new(py);
+    d.set_item("steps", out.steps)?;
+    d.set_item("sendmsg", out.sendmsg)?;
+    let results = PyList::empty(py);
+    for r in out.results {
+        let x = PyDict::new(py);
+        x.set_item("index", r.index)?;
+        x.set_item("op", r.op)?;
+        x.set_item("ifindex", r.ifindex)?;
+        results.append(x)?;
+    }
+    d.set_item("results", results)?;
+    Ok(d)
+}
+
+#[pyfunction]
+#[pyo3(signature = (steps, *, seq = 1))]
+fn encode<'py>(
+    py: Python<'py>,
+    steps: &Bound<'py, PyAny>,
+    seq: u32,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let plan = parse_plan(steps)?;
+    let msgs = py
+        .detach(|| knd_netlink::encode_plan(&plan, seq))
+        .map_err(to_py)?;
+    Ok(msgs.iter().map(|m| PyBytes::new(py, m)).collect())
+}
+
+fn ns_arg(ns: Option<&Bound<'_, PyNetNs>>) -> PyResult<Option<knd_netns::NetNs>> {
+    ns.map(|n| n.get().clone_inner()).transpose()
+}
+
+fn ip_s(ip: &Option<IpAddr>) -> Option<String> {
+    ip.map(|i| i.to_string())
+}
+
+fn link_dict<'py>(py: Python<'py>, l: &knd_netlink::LinkInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("ifindex", l.ifindex)?;
+    d.set_item("name", &l.name)?;
+    d.set_item("kind", &l.kind)?;
+    d.set_item("mac", l.mac.as_ref().map(|m| plan::format_mac(m)))?;
+    d.set_item("mtu", l.mtu)?;
+    d.set_item("operstate", l.operstate)?;
+    d.set_item("flags", l.flags)?;
+    d.set_item("up", l.flags & wire::IFF_UP != 0)?;
+    d.set_item("master", l.master)?;
+    d.set_item("link", l.link)?;
+    d.set_item("alias", &l.alias)?;
+    d.set_item("group", l.group)?;
+    d.set_item("gso_max_size", l.gso_max_size)?;
+    d.set_item("gro_max_size", l.gro_max_size)?;
+    d.set_item("parent_dev_name", &l.parent_dev_name)?;
+    d.set_item("parent_dev_bus", &l.parent_dev_bus)?;
+    Ok(d)
+}
+
+#[pyfunction]
+#[pyo3(signature = (ns = None))]
+fn dump_links<'py>(
+    py: Python<'py>,
+    ns: Option<&Bound<'py, PyNetNs>>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let ns = ns_arg(ns)?;
+    let v = py
+        .detach(|| knd_netlink::dump_links(ns.as_ref()))
+        .map_err(to_py)?;
+    v.iter().map(|l| link_dict(py, l)).collect()
+}
+
+#[pyfunction]
+#[pyo3(signature = (ns = None))]
+fn dump_addresses<'py>(
+    py: Python<'py>,
+    ns: Option<&Bound<'py, PyNetNs>>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let ns = ns_arg(ns)?;
+    let v = py
+        .detach(|| knd_netlink::dump_addresses(ns.as_ref()))
+        .map_err(to_py)?;
+    v.iter()
+        .map(|a| {
+            let d = PyDict::new(py);
+            d.set_item("ifindex", a.ifindex)?;
+            d.set_item("family", fam(a.family))?;
+            d.set_item("address", a.address.to_string())?;
+            d.set_item("prefixlen", a.prefixlen)?;
+            d.set_item("cidr", format!("{}/{}", a.address, a.prefixlen))?;
+            d.set_item("scope", a.scope)?;
+            d.set_item("flags", a.flags)?;
+            d.set_item("label", &a.label)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+fn fam(f: u8) -> &'static str {
+    match f {
+        wire::AF_INET => "inet",
+        wire::AF_INET6 => "inet6",
+        _ => "other",
+    }
+}
+
+fn cidr_s(ip: &Option<IpAddr>, len: u8) -> Option<String> {
+    ip.map(|i| format!("{i}/{len}"))
+}
+
+#[pyfunction]
+#[pyo3(signature = (ns = None, *, table = None))]
+fn dump_routes<'py>(
+    py: Python<'py>,
+    ns: Option<&Bound<'py, PyNetNs>>,
+    table: Option<u32>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let ns = ns_arg(ns)?;
+    let v = py
+        .detach(|| knd_netlink::dump_routes(ns.as_ref(), table))
+        .map_err(to_py)?;
+    v.iter()
+        .map(|r| {
+            let d = PyDict::new(py);
+            d.set_item("family", fam(r.family))?;
+            d.set_item(
+                "dst",
+                cidr_s(&r.dst, r.dst_len).unwrap_or_else(|| {
+                    if r.dst_len == 0 {
+                        "default".into()
+                    } else {
+                        String::new()
+                    }
+                }),
+            )?;
+            d.set_item("src", cidr_s(&r.src, r.src_len))?;
+            d.set_item("gateway", ip_s(&r.gateway))?;
+            d.set_item("prefsrc", ip_s(&r.prefsrc))?;
+            d.set_item("oif", r.oif)?;
+            d.set_item("table", r.table)?;
+            d.set_item("protocol", r.protocol)?;
+            d.set_item("scope", r.scope)?;
+            d.set_item("type", r.route_type)?;
+            d.set_item("metric", r.priority)?;
+            d.set_item("flags", r.flags)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+#[pyfunction]
+#[pyo3(signature = (ns = None))]
+fn dump_rules<'py>(
+    py: Python<'py>,
+    ns: Option<&Bound<'py, PyNetNs>>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let ns = ns_arg(ns)?;
+    let v = py
+        .detach(|| knd_netlink::dump_rules(ns.as_ref()))
+        .map_err(to_py)?;
+    v.iter()
+        .map(|r| {
+            let d = PyDict::new(py);
+            d.set_item("family", fam(r.family))?;
+            d.set_item("priority", r.priority)?;
+            d.set_item("table", r.table)?;
+            d.set_item("action", r.action)?;
+            d.set_item("src", cidr_s(&r.src, r.src_len))?;
+            d.set_item("dst", cidr_s(&r.dst, r.dst_len))?;
+            d.set_item("iif", &r.iifname)?;
+            d.set_item("oif", &r.oifname)?;
+            d.set_item("fwmark", r.fwmark)?;
+            d.set_item("flags", r.flags)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+#[pyfunction]
+#[pyo3(signature = (ns = None))]
+fn dump_neighbours<'py>(
+    py: Python<'py>,
+    ns: Option<&Bound<'py, PyNetNs>>,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let ns = ns_arg(ns)?;
+    let v = py
+        .detach(|| knd_netlink::dump_neighbours(ns.as_ref()))
+        .map_err(to_py)?;
+    v.iter()
+        .map(|n| {
+            let d = PyDict::new(py);
+            d.set_item("ifindex", n.ifindex)?;
+            d.set_item("family", fam(n.family))?;
+            d.set_item("address", ip_s(&n.address))?;
+            d.set_item("lladdr", n.lladdr.as_ref().map(|m| plan::format_mac(m)))?;
+            d.set_item("state", n.state)?;
+            d.set_item("flags", n.flags)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(apply, m)?)?;
+    m.add_function(wrap_pyfunction!(encode, m)?)?;
+    m.add_function(wrap_pyfunction!(dump_links, m)?)?;
+    m.add_function(wrap_pyfunction!(dump_addresses, m)?)?;
+    m.add_function(wrap_pyfunction!(dump_routes, m)?)?;
+    m.add_function(wrap_pyfunction!(dump_rules, m)?)?;
+    m.add_function(wrap_pyfunction!(dump_neighbours, m)?)?;
     Ok(())
 }

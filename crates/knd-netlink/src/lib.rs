@@ -18,6 +18,8 @@
 
 pub mod dump;
 pub mod error;
+pub mod exec;
+pub mod plan;
 pub mod sock;
 pub mod wire;
 
@@ -26,4 +28,6 @@ pub use dump::{
     NeighInfo, RouteInfo, RuleInfo,
 };
 pub use error::{ErrorKind, NlError};
+pub use exec::{apply, encode_plan, Outcome, Plan, Step, StepResult};
+pub use plan::{Kind, LinkRef, Op};
 pub use sock::Conn;

@@ -1,0 +1,669 @@
+//! Plan steps (the typed form of `docs/plan-steps.md`), their validation and
+//! their exact encoding.
+
+use std::net::IpAddr;
+
+use crate::error::NlError;
+use crate::wire::{self, Enc};
+
+/// A link addressed by name (resolved in the step's namespace) or by index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkRef {
+    Name(String),
+    Index(i32),
+}
+
+impl LinkRef {
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            LinkRef::Name(n) => Some(n),
+            LinkRef::Index(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LinkRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkRef::Name(n) => write!(f, "{n}"),
+            LinkRef::Index(i) => write!(f, "ifindex {i}"),
+        }
+    }
+}
+
+/// `link_set`: everything carried in ONE RTM_NEWLINK.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkSet {
+    pub link: Option<LinkRef>,
+    pub name: Option<String>,
+    pub mtu: Option<u32>,
+    pub mac: Option<Vec<u8>>,
+    pub up: Option<bool>,
+    pub alias: Option<String>,
+    pub group: Option<u32>,
+    /// Move to this namespace (an index into [`crate::exec::Plan::namespaces`]).
+    pub netns: Option<usize>,
+    pub gso_max_size: Option<u32>,
+    pub gro_max_size: Option<u32>,
+}
+
+/// The kind-specific part of a link creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Veth {
+        peer_name: String,
+        peer_ns: Option<usize>,
+        peer_mac: Option<Vec<u8>>,
+        peer_group: Option<u32>,
+    },
+    Macvlan {
+        link: LinkRef,
+        mode: u32,
+    },
+    Ipvlan {
+        link: LinkRef,
+        mode: u16,
+        flags: u16,
+    },
+    Vlan {
+        link: LinkRef,
+        id: u16,
+        protocol: u16,
+    },
+}
+
+/// `veth_add`, `macvlan_add`, `ipvlan_add`, `vlan_add`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLink {
+    pub name: String,
+    pub netns: Option<usize>,
+    pub mtu: Option<u32>,
+    pub mac: Option<Vec<u8>>,
+    pub group: Option<u32>,
+    pub up: bool,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addr {
+    pub add: bool,
+    pub link: LinkRef,
+    pub ip: IpAddr,
+    pub prefix: u8,
+    pub flags: u32,
+    pub scope: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub add: bool,
+    pub family: u8,
+    /// `None` = default route.
+    pub dst: Option<(IpAddr, u8)>,
+    pub gateway: Option<IpAddr>,
+    pub prefsrc: Option<IpAddr>,
+    pub oif: Option<LinkRef>,
+    pub scope: Option<u8>,
+    pub table: u32,
+    pub metric: Option<u32>,
+    pub protocol: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub add: bool,
+    pub family: u8,
+    pub priority: Option<u32>,
+    pub table: u32,
+    pub src: Option<(IpAddr, u8)>,
+    pub dst: Option<(IpAddr, u8)>,
+    pub iif: Option<String>,
+    pub oif: Option<String>,
+    pub fwmark: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neigh {
+    pub add: bool,
+    pub link: LinkRef,
+    pub ip: IpAddr,
+    pub lladdr: Option<Vec<u8>>,
+    pub state: u16,
+}
+
+/// One operation of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    LinkSet(LinkSet),
+    LinkDel(LinkRef),
+    LinkDelGroup(u32),
+    NewLink(NewLink),
+    Addr(Addr),
+    Route(Route),
+    Rule(Rule),
+    Neigh(Neigh),
+}
+
+impl Op {
+    /// The operation's name in the plan schema.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::LinkSet(_) => "link_set",
+            Op::LinkDel(_) => "link_del",
+            Op::LinkDelGroup(_) => "link_del_group",
+            Op::NewLink(n) => match n.kind {
+                Kind::Veth { .. } => "veth_add",
+                Kind::Macvlan { .. } => "macvlan_add",
+                Kind::Ipvlan { .. } => "ipvlan_add",
+                Kind::Vlan { .. } => "vlan_add",
+            },
+            Op::Addr(a) => ["addr_del", "addr_add"][a.add as usize],
+            Op::Route(r) => ["route_del", "route_add"][r.add as usize],
+            Op::Rule(r) => ["rule_del", "rule_add"][r.add as usize],
+            Op::Neigh(n) => ["neigh_del", "neigh_add"][n.add as usize],
+        }
+    }
+
+    /// The link kind a creation asks for.
+    pub fn kind_name(&self) -> Option<&'static str> {
+        match self {
+            Op::NewLink(n) => Some(match n.kind {
+                Kind::Veth { .. } => "veth",
+                Kind::Macvlan { .. } => "macvlan",
+                Kind::Ipvlan { .. } => "ipvlan",
+                Kind::Vlan { .. } => "vlan",
+            }),
+            _ => None,
+        }
+    }
+
+    /// The link the step addresses (for error reports and results).
+    pub fn target(&self) -> Option<&LinkRef> {
+        match self {
+            Op::LinkSet(s) => s.link.as_ref(),
+            Op::LinkDel(l) => Some(l),
+            Op::Addr(a) => Some(&a.link),
+            Op::Route(r) => r.oif.as_ref(),
+            Op::Neigh(n) => Some(&n.link),
+            _ => None,
+        }
+    }
+
+    /// The interface name to report for this step.
+    pub fn ifname(&self) -> Option<String> {
+        match self {
+            Op::NewLink(n) => Some(n.name.clone()),
+            Op::Rule(r) => r.iif.clone().or_else(|| r.oif.clone()),
+            _ => self.target().map(|l| l.to_string()),
+        }
+    }
+
+    /// Every link reference resolved in the step's own namespace:
+    /// `(target, other)` where other is a parent link or a route's oif.
+    pub fn refs(&self) -> (Option<&LinkRef>, Option<&LinkRef>) {
+        match self {
+            Op::LinkSet(s) => (s.link.as_ref(), None),
+            Op::LinkDel(l) => (Some(l), None),
+            Op::NewLink(n) => match &n.kind {
+                Kind::Macvlan { link, .. }
+                | Kind::Ipvlan { link, .. }
+                | Kind::Vlan { link, .. } => (None, Some(link)),
+                Kind::Veth { .. } => (None, None),
+            },
+            Op::Addr(a) => (Some(&a.link), None),
+            Op::Route(r) => (None, r.oif.as_ref()),
+            Op::Neigh(n) => (Some(&n.link), None),
+            Op::LinkDelGroup(_) | Op::Rule(_) => (None, None),
+        }
+    }
+
+    /// Checks what can be checked without the kernel.
+    pub fn validate(&self) -> Result<(), String> {
+        let link_ref = |l: &LinkRef| match l {
+            LinkRef::Name(n) => validate_ifname(n),
+            LinkRef::Index(i) if *i > 0 => Ok(()),
+            LinkRef::Index(i) => Err(format!("invalid ifindex {i}")),
+        };
+        let mac = |m: &Option<Vec<u8>>| match m {
+            Some(m) if m.len() != 6 => Err(format!("a MAC address has 6 octets, got {}", m.len())),
+            _ => Ok(()),
+        };
+        let (a, b) = self.refs();
+        if let Some(l) = a {
+            link_ref(l)?;
+        }
+        if let Some(l) = b {
+            link_ref(l)?;
+        }
+        match self {
+            Op::LinkSet(s) => {
+                if s.link.is_none() {
+                    return Err("link_set needs ifname or ifindex".into());
+                }
+                if let Some(n) = &s.name {
+                    validate_ifname(n)?;
+                }
+                mac(&s.mac)?;
+                if let Some(al) = &s.alias {
+                    if al.len() > 255 {
+                        return Err("alias is longer than 255 bytes".into());
+                    }
+                }
+                if s.mtu == Some(0) {
+                    return Err("mtu must be positive".into());
+                }
+            }
+            Op::LinkDelGroup(g) if *g == 0 => {
+                return Err("group 0 is the default group of every link".into())
+            }
+            Op::NewLink(n) => {
+                validate_ifname(&n.name)?;
+                mac(&n.mac)?;
+                match &n.kind {
+                    Kind::Veth {
+                        peer_name,
+                        peer_mac,
+                        ..
+                    } => {
+                        validate_ifname(peer_name)?;
+                        mac(peer_mac)?;
+                    }
+                    Kind::Vlan { id, .. } if *id == 0 || *id > 4094 => {
+                        return Err(format!("vlan_id {id} is outside 1..4094"))
+                    }
+                    _ => {}
+                }
+            }
+            Op::Addr(a) => check_prefix(&a.ip, a.prefix)?,
+            Op::Route(r) => {
+                if let Some((ip, len)) = &r.dst {
+                    check_prefix(ip, *len)?;
+                    if wire::family_of(ip) != r.family {
+                        return Err("route family does not match its destination".into());
+                    }
+                }
+                for ip in [&r.gateway, &r.prefsrc].into_iter().flatten() {
+                    if wire::family_of(ip) != r.family {
+                        return Err(format!(
+                            "route to an {} destination cannot use {ip}",
+                            fam_name(r.family)
+                        ));
+                    }
+                }
+                if r.add && r.gateway.is_none() && r.oif.is_none() {
+                    return Err("route_add needs a gateway or an interface".into());
+                }
+            }
+            Op::Rule(r) => {
+                for (ip, len) in [&r.src, &r.dst].into_iter().flatten() {
+                    check_prefix(ip, *len)?;
+                    if wire::family_of(ip) != r.family {
+                        return Err("rule families disagree".into());
+                    }
+                }
+                for n in [&r.iif, &r.oif].into_iter().flatten() {
+                    validate_ifname(n)?;
+                }
+            }
+            Op::Neigh(n) => {
+                mac(&n.lladdr)?;
+                if n.add && n.lladdr.is_none() {
+                    return Err("neigh_add needs lladdr".into());
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn fam_name(f: u8) -> &'static str {
+    if f == wire::AF_INET {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+fn check_prefix(ip: &IpAddr, prefix: u8) -> Result<(), String> {
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(format!("prefix length {prefix} is too long for {ip}"));
+    }
+    Ok(())
+}
+
+/// Interface names: 1..15 bytes, no `/`, no whitespace, no NUL, not `.`/`..`.
+pub fn validate_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("interface name is empty".into());
+    }
+    if name.len() > 15 {
+        return Err(format!("interface name {name:?} is longer than 15 bytes"));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("interface name {name:?} is not allowed"));
+    }
+    if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+    {
+        return Err(format!(
+            "interface name {name:?} contains '/', ':', NUL or whitespace"
+        ));
+    }
+    Ok(())
+}
+
+/// `"10.0.0.2/24"` -> (address, 24). A bare address gets the full length.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (a, p) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let ip: IpAddr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid IP address in {s:?}"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match p {
+        None => max,
+        Some(p) => match p.parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(format!("invalid prefix length in {s:?}")),
+        },
+    };
+    Ok((ip, len))
+}
+
+/// `"02:00:00:00:00:01"` -> six octets.
+pub fn parse_mac(s: &str) -> Result<Vec<u8>, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!(
+            "invalid MAC address {s:?} (expected six hex octets)"
+        ));
+    }
+    parts
+        .iter()
+        .map(|p| {
+            if p.len() == 2 {
+                u8::from_str_radix(p, 16).map_err(|_| ())
+            } else {
+                Err(())
+            }
+        })
+        .collect::<Result<Vec<u8>, ()>>()
+        .map_err(|_| format!("invalid MAC address {s:?} (expected six hex octets)"))
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(m: &[u8]) -> String {
+    let mut s = String::with_capacity(m.len() * 3);
+    for (i, b) in m.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Link indexes a step's encoding needs, resolved by the caller.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Resolved {
+    /// The link the step addresses (0 when none).
+    pub target: i32,
+    /// The parent link (macvlan/ipvlan/vlan) or a route's oif (0 when none).
+    pub other: i32,
+}
+
+const REQ_ACK: u16 = wire::NLM_F_REQUEST | wire::NLM_F_ACK;
+const CREATE: u16 = wire::NLM_F_REQUEST | wire::NLM_F_ACK | wire::NLM_F_CREATE | wire::NLM_F_EXCL;
+
+/// Appends the message of `op` to `e`. `fd` turns a namespace reference
+/// (`netns`, `peer_ns`) into the descriptor carried in IFLA_NET_NS_FD.
+pub fn encode(
+    e: &mut Enc<'_>,
+    seq: u32,
+    op: &Op,
+    r: Resolved,
+    fd: &dyn Fn(usize) -> i32,
+) -> Result<(), NlError> {
+    match op {
+        Op::LinkSet(s) => {
+            let m = e.begin_msg(wire::RTM_NEWLINK, REQ_ACK, seq);
+            let (flags, change) = match s.up {
+                Some(true) => (wire::IFF_UP, wire::IFF_UP),
+                Some(false) => (0, wire::IFF_UP),
+                None => (0, 0),
+            };
+            e.ifinfomsg(wire::AF_UNSPEC, r.target, flags, change);
+            if let Some(ns) = s.netns {
+                e.attr_u32(wire::IFLA_NET_NS_FD, fd(ns) as u32);
+            }
+            if let Some(n) = &s.name {
+                e.attr_str(wire::IFLA_IFNAME, n);
+            }
+            if let Some(v) = s.mtu {
+                e.attr_u32(wire::IFLA_MTU, v);
+            }
+            if let Some(v) = &s.mac {
+                e.attr(wire::IFLA_ADDRESS, v);
+            }
+            if let Some(v) = &s.alias {
+                e.attr(wire::IFLA_IFALIAS, v.as_bytes());
+            }
+            if let Some(v) = s.group {
+                e.attr_u32(wire::IFLA_GROUP, v);
+            }
+            if let Some(v) = s.gso_max_size {
+                e.attr_u32(wire::IFLA_GSO_MAX_SIZE, v);
+            }
+            if let Some(v) = s.gro_max_size {
+                e.attr_u32(wire::IFLA_GRO_MAX_SIZE, v);
+            }
+            e.end_msg(m);
+        }
+        Op::LinkDel(l) => {
+            let m = e.begin_msg(wire::RTM_DELLINK, REQ_ACK, seq);
+            e.ifinfomsg(wire::AF_UNSPEC, r.target, 0, 0);
+            if r.target <= 0 {
+                if let LinkRef::Name(n) = l {
+                    e.attr_str(wire::IFLA_IFNAME, n);
+                }
+            }
+            e.end_msg(m);
+        }
+        Op::LinkDelGroup(g) => {
+            let m = e.begin_msg(wire::RTM_DELLINK, REQ_ACK, seq);
+            e.ifinfomsg(wire::AF_UNSPEC, 0, 0, 0);
+            e.attr_u32(wire::IFLA_GROUP, *g);
+            e.end_msg(m);
+        }
+        Op::NewLink(n) => {
+            let m = e.begin_msg(wire::RTM_NEWLINK, CREATE, seq);
+            let up = if n.up { wire::IFF_UP } else { 0 };
+            e.ifinfomsg(wire::AF_UNSPEC, 0, up, up);
+            e.attr_str(wire::IFLA_IFNAME, &n.name);
+            if let Some(ns) = n.netns {
+                e.attr_u32(wire::IFLA_NET_NS_FD, fd(ns) as u32);
+            }
+            if r.other > 0 {
+                e.attr_u32(wire::IFLA_LINK, r.other as u32);
+            }
+            if let Some(v) = n.mtu {
+                e.attr_u32(wire::IFLA_MTU, v);
+            }
+            if let Some(v) = &n.mac {
+                e.attr(wire::IFLA_ADDRESS, v);
+            }
+            if let Some(v) = n.group {
+                e.attr_u32(wire::IFLA_GROUP, v);
+            }
+            let li = e.begin_nest(wire::IFLA_LINKINFO);
+            e.attr_str(wire::IFLA_INFO_KIND, op.kind_name().unwrap_or(""));
+            let data = e.begin_nest(wire::IFLA_INFO_DATA);
+            match &n.kind {
+                Kind::Veth {
+                    peer_name,
+                    peer_ns,
+                    peer_mac,
+                    peer_group,
+                } => {
+                    let peer = e.begin_nest(wire::VETH_INFO_PEER);
+                    e.ifinfomsg(wire::AF_UNSPEC, 0, 0, 0);
+                    e.attr_str(wire::IFLA_IFNAME, peer_name);
+                    if let Some(ns) = peer_ns {
+                        e.attr_u32(wire::IFLA_NET_NS_FD, fd(*ns) as u32);
+                    }
+                    if let Some(v) = n.mtu {
+                        e.attr_u32(wire::IFLA_MTU, v);
+                    }
+                    if let Some(v) = peer_mac {
+                        e.attr(wire::IFLA_ADDRESS, v);
+                    }
+                    if let Some(v) = peer_group {
+                        e.attr_u32(wire::IFLA_GROUP, *v);
+                    }
+                    e.end_nest(peer);
+                }
+                Kind::Macvlan { mode, .. } => e.attr_u32(wire::IFLA_MACVLAN_MODE, *mode),
+                Kind::Ipvlan { mode, flags, .. } => {
+                    e.attr_u16(wire::IFLA_IPVLAN_MODE, *mode);
+                    e.attr_u16(wire::IFLA_IPVLAN_FLAGS, *flags);
+                }
+                Kind::Vlan { id, protocol, .. } => {
+                    e.attr_u16(wire::IFLA_VLAN_ID, *id);
+                    e.attr(wire::IFLA_VLAN_PROTOCOL, &protocol.to_be_bytes());
+                }
+            }
+            e.end_nest(data);
+            e.end_nest(li);
+            e.end_msg(m);
+        }
+        Op::Addr(a) => {
+            let (ty, fl) = if a.add {
+                (wire::RTM_NEWADDR, CREATE)
+            } else {
+                (wire::RTM_DELADDR, REQ_ACK)
+            };
+            let m = e.begin_msg(ty, fl, seq);
+            e.u8(wire::family_of(&a.ip));
+            e.u8(a.prefix);
+            e.u8((a.flags & 0xff) as u8);
+            e.u8(a.scope);
+            e.u32(r.target as u32);
+            let ip = wire::ip_bytes(&a.ip);
+            e.attr(wire::IFA_LOCAL, ip.as_slice());
+            e.attr(wire::IFA_ADDRESS, ip.as_slice());
+            if a.flags != 0 {
+                e.attr_u32(wire::IFA_FLAGS, a.flags);
+            }
+            e.end_msg(m);
+        }
+        Op::Route(rt) => {
+            let (ty, fl) = if rt.add {
+                (wire::RTM_NEWROUTE, CREATE)
+            } else {
+                (wire::RTM_DELROUTE, REQ_ACK)
+            };
+            let m = e.begin_msg(ty, fl, seq);
+            let dst_len = rt.dst.map(|d| d.1).unwrap_or(0);
+            let scope = rt.scope.unwrap_or(if !rt.add {
+                wire::RT_SCOPE_NOWHERE
+            } else if rt.gateway.is_none() && rt.oif.is_some() {
+                wire::RT_SCOPE_LINK
+            } else {
+                wire::RT_SCOPE_UNIVERSE
+            });
+            let protocol = rt
+                .protocol
+                .unwrap_or(if rt.add { wire::RTPROT_BOOT } else { 0 });
+            let rtype = if rt.add { wire::RTN_UNICAST } else { 0 };
+            let table8 = if rt.table < 256 { rt.table as u8 } else { 0 };
+            e.bytes(&[rt.family, dst_len, 0, 0, table8, protocol, scope, rtype]);
+            e.u32(0);
+            e.attr_u32(wire::RTA_TABLE, rt.table);
+            if let Some((ip, len)) = &rt.dst {
+                if *len > 0 {
+                    e.attr(wire::RTA_DST, wire::ip_bytes(ip).as_slice());
+                }
+            }
+            if let Some(ip) = &rt.prefsrc {
+                e.attr(wire::RTA_PREFSRC, wire::ip_bytes(ip).as_slice());
+            }
+            if let Some(ip) = &rt.gateway {
+                e.attr(wire::RTA_GATEWAY, wire::ip_bytes(ip).as_slice());
+            }
+            if r.other > 0 {
+                e.attr_u32(wire::RTA_OIF, r.other as u32);
+            }
+            if let Some(v) = rt.metric {
+                e.attr_u32(wire::RTA_PRIORITY, v);
+            }
+            e.end_msg(m);
+        }
+        Op::Rule(ru) => {
+            let (ty, fl) = if ru.add {
+                (wire::RTM_NEWRULE, CREATE)
+            } else {
+                (wire::RTM_DELRULE, REQ_ACK)
+            };
+            let m = e.begin_msg(ty, fl, seq);
+            let dst_len = ru.dst.map(|d| d.1).unwrap_or(0);
+            let src_len = ru.src.map(|d| d.1).unwrap_or(0);
+            let table8 = if ru.table < 256 { ru.table as u8 } else { 0 };
+            e.bytes(&[
+                ru.family,
+                dst_len,
+                src_len,
+                0,
+                table8,
+                0,
+                0,
+                wire::FR_ACT_TO_TBL,
+            ]);
+            e.u32(0);
+            e.attr_u32(wire::FRA_TABLE, ru.table);
+            if let Some(p) = ru.priority {
+                e.attr_u32(wire::FRA_PRIORITY, p);
+            }
+            if let Some((ip, _)) = &ru.src {
+                e.attr(wire::FRA_SRC, wire::ip_bytes(ip).as_slice());
+            }
+            if let Some((ip, _)) = &ru.dst {
+                e.attr(wire::FRA_DST, wire::ip_bytes(ip).as_slice());
+            }
+            if let Some(n) = &ru.iif {
+                e.attr_str(wire::FRA_IIFNAME, n);
+            }
+            if let Some(n) = &ru.oif {
+                e.attr_str(wire::FRA_OIFNAME, n);
+            }
+            if let Some(v) = ru.fwmark {
+                e.attr_u32(wire::FRA_FWMARK, v);
+            }
+            e.end_msg(m);
+        }
+        Op::Neigh(n) => {
+            let (ty, fl) = if n.add {
+                (wire::RTM_NEWNEIGH, CREATE)
+            } else {
+                (wire::RTM_DELNEIGH, REQ_ACK)
+            };
+            let m = e.begin_msg(ty, fl, seq);
+            e.bytes(&[wire::family_of(&n.ip), 0, 0, 0]);
+            e.u32(r.target as u32);
+            e.u16(if n.add { n.state } else { 0 });
+            e.u8(0);
+            e.u8(0);
+            e.attr(wire::NDA_DST, wire::ip_bytes(&n.ip).as_slice());
+            if let Some(ll) = &n.lladdr {
+                e.attr(wire::NDA_LLADDR, ll);
+            }
+            e.end_msg(m);
+        }
+    }
+    Ok(())
+}
