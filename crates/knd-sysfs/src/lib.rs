@@ -383,13 +383,13 @@ struct Walker {
     root: PathBuf,
     devices: PathBuf,
     dev_root: PathBuf,
-    pci: HashMap<PathBuf, PciInfo>,
+    pci: HashMap<PathBuf, Option<PciInfo>>,
     warnings: Vec<String>,
 }
 
 impl Walker {
     /// Reads (once) the PCI function whose directory is `dir`.
-    fn pci(&mut self, dir: &Path) -> PciInfo {
+    fn pci(&mut self, dir: &Path) -> Option<PciInfo> {
         if let Some(p) = self.pci.get(dir) {
             return p.clone();
         }
@@ -398,6 +398,15 @@ impl Walker {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let who = format!("pci {address}");
+        if !dir.is_dir() {
+            let msg = format!(
+                "{who}: {} does not exist (dangling device link)",
+                dir.display()
+            );
+            self.warnings.push(msg);
+            self.pci.insert(dir.to_path_buf(), None);
+            return None;
+        }
         let w = &mut self.warnings;
         let attr = |name: &str, w: &mut Vec<String>| read_opt(&dir.join(name), &who, w);
         let vendor = attr("vendor", w);
@@ -439,8 +448,8 @@ impl Walker {
             }
         }
         info.address = address;
-        self.pci.insert(dir.to_path_buf(), info.clone());
-        info
+        self.pci.insert(dir.to_path_buf(), Some(info.clone()));
+        Some(info)
     }
 
     /// The PCI function directory of a device directory (walking up past
@@ -497,8 +506,7 @@ impl Walker {
                     None
                 }
             };
-            if let Some(pd) = &pci_dir {
-                let info = self.pci(pd);
+            if let Some(info) = pci_dir.as_deref().and_then(|pd| self.pci(pd)) {
                 dev.pci_address = Some(info.address);
                 dev.numa_node = info.numa_node;
                 dev.pcie_root = info.pcie_root;
@@ -570,8 +578,9 @@ impl Walker {
     // -------------------------------------------------------------- netdevs
 
     fn apply_pci(&mut self, nd: &mut NetDevice, dev: &Path) {
-        let Some(pd) = self.pci_dir(dev) else { return };
-        let info = self.pci(&pd);
+        let Some(info) = self.pci_dir(dev).and_then(|pd| self.pci(&pd)) else {
+            return;
+        };
         nd.pci_address = Some(info.address);
         nd.vendor_id = info.vendor;
         nd.device_id = info.device;
