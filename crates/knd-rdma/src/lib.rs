@@ -84,7 +84,7 @@ impl fmt::Display for RdmaError {
                 write!(
                     f,
                     " failed: {} ({})",
-                    std::io::Error::from_raw_os_error(*errno),
+                    strerror(*errno),
                     knd_netns::errno_name(*errno)
                 )?;
                 if !message.is_empty() {
@@ -97,6 +97,15 @@ impl fmt::Display for RdmaError {
 }
 
 impl std::error::Error for RdmaError {}
+
+/// The C library's text for `errno`, without Rust's "(os error N)" suffix.
+pub(crate) fn strerror(errno: i32) -> String {
+    let s = std::io::Error::from_raw_os_error(errno).to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
 
 /// RDMA netns mode: `shared` (every namespace sees every device) or `exclusive`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -95,7 +95,12 @@ fn load(path: &str) -> Result<&'static Api, RdmaError> {
     let lib = unsafe {
         libloading::os::unix::Library::open(Some(path), libc::RTLD_NOW | libc::RTLD_LOCAL)
     }
-    .map_err(|e| unavailable(format!("cannot load {path}: {e}")))?;
+    .map_err(|e| {
+        let why = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string());
+        unavailable(format!("cannot load {path}: {why}"))
+    })?;
     let handle = lib.into_raw();
     macro_rules! sym {
         ($name:literal, $ty:ty) => {{
@@ -194,7 +199,7 @@ pub fn devices() -> Result<Vec<VerbsDevice>, RdmaError> {
             message: format!(
                 "ibv_get_device_list ({}) failed: {} ({})",
                 api.path,
-                std::io::Error::from_raw_os_error(errno),
+                crate::strerror(errno),
                 knd_netns::errno_name(errno)
             ),
             errno,
@@ -242,7 +247,7 @@ fn describe(api: &Api, dev: *mut ibv_device) -> VerbsDevice {
         let errno = last_errno();
         d.error = Some(format!(
             "ibv_open_device failed: {} ({})",
-            std::io::Error::from_raw_os_error(errno),
+            crate::strerror(errno),
             knd_netns::errno_name(errno)
         ));
         return d;
@@ -362,6 +367,7 @@ mod tests {
             RdmaError::NotAvailable(m) => {
                 assert!(m.starts_with(NOT_AVAILABLE), "{m}");
                 assert!(m.contains("/nonexistent/kndkit-libibverbs.so"), "{m}");
+                assert!(m.contains("No such file"), "dlerror text missing: {m}");
             }
             other => panic!("unexpected {other:?}"),
         }
