@@ -11,7 +11,6 @@ linked against libibverbs. The wire format is covered byte by byte by
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import pathlib
 import shutil
@@ -31,8 +30,7 @@ NOT_AVAILABLE = "RDMA not available on this node"
 def _has_netlink_rdma() -> bool:
     try:
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_RDMA)
-    except OSError as e:
-        assert e.errno in (errno.EPROTONOSUPPORT, errno.EAFNOSUPPORT), e
+    except OSError:
         return False
     s.close()
     return True
