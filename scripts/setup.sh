@@ -21,7 +21,7 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 # verbs bindings (never linked: loaded at run time), libclang for bindgen,
 # pkg-config, ethtool, openssl (test certificates), git.
 APT_PKGS=(iproute2 libibverbs-dev librdmacm-dev libclang-dev clang pkg-config ethtool openssl
-          python3-venv build-essential git ca-certificates)
+          python3-venv build-essential binutils git ca-certificates)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
