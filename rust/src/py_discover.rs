@@ -216,15 +216,17 @@ impl PyDiscovery {
 
 enum Failure {
     Sysfs(knd_sysfs::SysfsError),
-    Netlink(knd_netlink::NlError),
+    Netlink(Box<knd_netlink::NlError>),
 }
 
 /// Link facts of `ns` (None = the caller's namespace): one link dump and one
 /// address dump on a single socket.
 fn link_facts(ns: Option<&knd_netns::NetNs>) -> Result<Vec<knd_sysfs::LinkFacts>, Failure> {
-    let mut conn = knd_netlink::Conn::open(ns).map_err(Failure::Netlink)?;
-    let links = conn.links().map_err(Failure::Netlink)?;
-    let addrs = conn.addresses().map_err(Failure::Netlink)?;
+    let mut conn = knd_netlink::Conn::open(ns).map_err(|e| Failure::Netlink(Box::new(e)))?;
+    let links = conn.links().map_err(|e| Failure::Netlink(Box::new(e)))?;
+    let addrs = conn
+        .addresses()
+        .map_err(|e| Failure::Netlink(Box::new(e)))?;
     let mut facts: Vec<knd_sysfs::LinkFacts> = links
         .into_iter()
         .map(|l| knd_sysfs::LinkFacts {
@@ -329,7 +331,7 @@ fn discover(
                 knd_sysfs::SysfsErrorKind::Io => knd_error(e.message),
             })
         }
-        Err(Failure::Netlink(e)) => return Err(netlink_error(e)),
+        Err(Failure::Netlink(e)) => return Err(netlink_error(*e)),
     };
     if !topo.warnings.is_empty() {
         log_warnings(py, &topo.warnings);
