@@ -232,3 +232,40 @@ def test_pre_installed_plugin_is_launched_by_the_runtime(
     assert len(startup) == 1 and "error" not in startup[0]
     rt.remove_pod_sandbox(make_pod("seen"))
     assert wait_for(lambda: "RemovePodSandbox" in events.read_text())
+
+
+LIFECYCLE = [
+    ("run_pod_sandbox", "RunPodSandbox"),
+    ("create_container", "CreateContainer"),
+    ("post_create_container", "PostCreateContainer"),
+    ("start_container", "StartContainer"),
+    ("post_start_container", "PostStartContainer"),
+    ("update_container", "UpdateContainer"),
+    ("post_update_container", "PostUpdateContainer"),
+    ("update_pod_sandbox", "UpdatePodSandbox"),
+    ("post_update_pod_sandbox", "PostUpdatePodSandbox"),
+    ("stop_container", "StopContainer"),
+    ("remove_container", "RemoveContainer"),
+    ("stop_pod_sandbox", "StopPodSandbox"),
+    ("remove_pod_sandbox", "RemovePodSandbox"),
+]
+
+
+@BOTH
+def test_every_event_command_reaches_the_plugin(nri_runtime: Any, nri_plugin_factory: Any) -> None:
+    plugin = nri_plugin_factory(nri_runtime, idx="40")
+    nri_runtime.wait_plugins(1)
+    pod = make_pod("life", namespace="lc")
+    ctr = make_container("app", pod)
+    for cmd, _ in LIFECYCLE:
+        fields: dict[str, Any] = {"pod": pod}
+        if "container" in cmd:
+            fields["container"] = ctr
+        if cmd == "update_container":
+            fields["linux_resources"] = {"cpu": {"shares": {"value": 512}}}
+        if cmd == "update_pod_sandbox":
+            fields["linux_resources"] = {"memory": {"limit": {"value": 1 << 30}}}
+        nri_runtime.call(cmd, **fields)
+    got = [e["event"] for e in plugin.received() if e["event"] != "Synchronize"]
+    assert got == [name for _, name in LIFECYCLE]
+    assert all(e["pods"] == ["lc/life"] for e in plugin.received()[1:])

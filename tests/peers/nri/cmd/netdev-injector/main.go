@@ -315,6 +315,53 @@ func (p *plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 	return adjust, nil, nil
 }
 
+// The remaining events are only recorded (for tests of the harness itself).
+
+func (p *plugin) UpdatePodSandbox(_ context.Context, pod *api.PodSandbox, _, _ *api.LinuxResources) error {
+	p.record("UpdatePodSandbox", []*api.PodSandbox{pod}, nil)
+	return nil
+}
+
+func (p *plugin) PostUpdatePodSandbox(_ context.Context, pod *api.PodSandbox) error {
+	p.record("PostUpdatePodSandbox", []*api.PodSandbox{pod}, nil)
+	return nil
+}
+
+func (p *plugin) PostCreateContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) error {
+	p.record("PostCreateContainer", []*api.PodSandbox{pod}, []*api.Container{ctr})
+	return nil
+}
+
+func (p *plugin) StartContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) error {
+	p.record("StartContainer", []*api.PodSandbox{pod}, []*api.Container{ctr})
+	return nil
+}
+
+func (p *plugin) PostStartContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) error {
+	p.record("PostStartContainer", []*api.PodSandbox{pod}, []*api.Container{ctr})
+	return nil
+}
+
+func (p *plugin) UpdateContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container, _ *api.LinuxResources) ([]*api.ContainerUpdate, error) {
+	p.record("UpdateContainer", []*api.PodSandbox{pod}, []*api.Container{ctr})
+	return nil, nil
+}
+
+func (p *plugin) PostUpdateContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) error {
+	p.record("PostUpdateContainer", []*api.PodSandbox{pod}, []*api.Container{ctr})
+	return nil
+}
+
+func (p *plugin) StopContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) ([]*api.ContainerUpdate, error) {
+	p.record("StopContainer", []*api.PodSandbox{pod}, []*api.Container{ctr})
+	return nil, nil
+}
+
+func (p *plugin) RemoveContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) error {
+	p.record("RemoveContainer", []*api.PodSandbox{pod}, []*api.Container{ctr})
+	return nil
+}
+
 type envFlags []*api.KeyValue
 
 func (e *envFlags) String() string { return fmt.Sprint(*e) }
