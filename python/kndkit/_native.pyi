@@ -68,7 +68,9 @@ def apply(steps: Sequence[Mapping[str, Any]], *, rollback: bool = True) -> dict[
 
 def encode(steps: Sequence[Mapping[str, Any]], *, seq: int = 1) -> list[bytes]:
     """The netlink messages ``apply`` would send for ``steps`` (one per step), for
-    inspection and byte-exact tests. Namespace handles encode as their fd."""
+    inspection and byte-exact tests. Namespace handles encode as their fd; links
+    given by ``ifname`` are looked up in their namespace (they must exist now),
+    ``ifindex`` is used as given."""
 
 def dump_links(ns: NetNs | None = None) -> list[dict[str, Any]]: ...
 def dump_addresses(ns: NetNs | None = None) -> list[dict[str, Any]]: ...
