@@ -77,13 +77,14 @@ def env() -> Iterator[Env]:
 
 def link_state(ns: NetNs) -> list[tuple[Any, ...]]:
     return sorted(
-        (l["name"], l["mtu"], l["mac"], l["up"], l["alias"], l["group"]) for l in nl.dump_links(ns)
+        (lk["name"], lk["mtu"], lk["mac"], lk["up"], lk["alias"], lk["group"])
+        for lk in nl.dump_links(ns)
     )
 
 
 def state(ns: NetNs) -> dict[str, Any]:
     """Everything a plan can change in a namespace, comparable across runs."""
-    names = {l["ifindex"]: l["name"] for l in nl.dump_links(ns)}
+    names = {lk["ifindex"]: lk["name"] for lk in nl.dump_links(ns)}
     return {
         "links": link_state(ns),
         "addrs": sorted(
@@ -130,13 +131,13 @@ def test_attach_four_interfaces_and_detach_restores_the_host(env: Env) -> None:
     # moves in one sendmsg on the host socket, the rest in one on the pod socket
     assert out["sendmsg"] == 2
 
-    pod_links = {l["name"]: l for l in nl.dump_links(env.pod)}
+    pod_links = {lk["name"]: lk for lk in nl.dump_links(env.pod)}
     for i in range(4):
-        l = pod_links[f"net{i}"]
-        assert l["mtu"] == 1400 + i
-        assert l["mac"] == f"02:00:00:00:01:{i:02x}"
-        assert l["up"] is True
-    host_links = {l["name"] for l in nl.dump_links(env.host)}
+        lk = pod_links[f"net{i}"]
+        assert lk["mtu"] == 1400 + i
+        assert lk["mac"] == f"02:00:00:00:01:{i:02x}"
+        assert lk["up"] is True
+    host_links = {lk["name"] for lk in nl.dump_links(env.host)}
     assert not host_links & set(nics)
     pod_state = state(env.pod)
     for i in range(4):
@@ -145,10 +146,10 @@ def test_attach_four_interfaces_and_detach_restores_the_host(env: Env) -> None:
         assert (f"10.{100 + i}.0.0/16", f"10.{i}.0.1", f"net{i}", 254) in pod_state["routes"]
 
     # Detach: the reverse plan, built from what the host had.
-    before = {l[0]: l for l in host_before["links"]}
+    before = {lk[0]: lk for lk in host_before["links"]}
     detach: list[nl.Step] = []
     for i, nic in enumerate(nics):
-        _, mtu, mac, up, _, _ = before[nic]
+        _, mtu, mac, _up, _, _ = before[nic]
         detach.append(nl.move(f"net{i}", env.host, name=nic, mtu=mtu, mac=mac, ns=env.pod))
     for i, nic in enumerate(nics):
         detach.append(nl.addr_add(nic, f"192.168.{100 + i}.5/24", ns=env.host))
@@ -245,14 +246,14 @@ def test_veth_with_peer_born_in_the_pod_and_group_delete(env: Env) -> None:
         nl.macvlan("mv0", "hv1", mode="bridge", ns=env.host),
     ]
     nl.apply(steps)
-    pod = {l["name"]: l for l in nl.dump_links(env.pod)}
+    pod = {lk["name"]: lk for lk in nl.dump_links(env.pod)}
     assert pod["eth0"]["kind"] == "veth" and pod["eth0"]["mtu"] == 1450 and pod["eth0"]["up"]
-    host = {l["name"]: l for l in nl.dump_links(env.host)}
+    host = {lk["name"]: lk for lk in nl.dump_links(env.host)}
     assert host["hv0"]["group"] == 77 and host["mv0"]["kind"] == "macvlan"
     nl.apply([nl.delete_link("mv0", ns=env.host), nl.delete_group(77, ns=env.host)])
-    names = {l["name"] for l in nl.dump_links(env.host)}
+    names = {lk["name"] for lk in nl.dump_links(env.host)}
     assert not names & {"hv0", "hv1", "mv0"}
-    assert {l["name"] for l in nl.dump_links(env.pod)} == {"lo"}
+    assert {lk["name"] for lk in nl.dump_links(env.pod)} == {"lo"}
 
 
 @pytest.mark.parametrize(
