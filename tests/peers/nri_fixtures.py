@@ -21,11 +21,13 @@ Fixtures:
     Stopped at teardown.
 
 ``nri_runtime_factory`` (function)
-    ``factory(version="v0.12", *, request_timeout=None, registration_timeout=None,
-    plugin_path=None)`` for several runtimes or non-default timeouts.
+    ``factory(version="v0.12", *, request_timeout=10.0, registration_timeout=10.0,
+    plugin_path=None)`` for several runtimes or other timeouts (seconds; None
+    keeps upstream's 2 s / 5 s).
 
 ``nri_plugin_factory`` (function)
-    ``factory(runtime, idx="10", name=None, env=None, version=None)`` starts
+    ``factory(runtime, idx="10", name=None, env=None, version=None,
+    run_delay=None)`` starts
     the netdev-injector plugin (built at ``version``, default the runtime's)
     against ``runtime.socket``; returns a :class:`NRIPlugin`. Stopped at
     teardown.
@@ -72,6 +74,10 @@ VERSIONS = {"v0.12": "v012", "v0.11": "v011"}
 NETNS_DIR = pathlib.Path("/var/run/netns")
 START_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 30.0
+# Plugin registration/request timeouts the fixtures give the harness: more
+# generous than upstream's 5 s / 2 s so that a loaded 2-core CI machine does
+# not drop plugins. Pass None to the factory for the upstream defaults.
+DEFAULT_TIMEOUT_S = 10.0
 
 _counter = itertools.count()
 
@@ -351,6 +357,7 @@ class NRIPlugin:
         idx: str = "10",
         name: str | None = None,
         env: Mapping[str, str] | None = None,
+        run_delay: float | None = None,
     ) -> None:
         self.name = name or "netdev-injector"
         self.idx = idx
@@ -361,6 +368,8 @@ class NRIPlugin:
         args += ["-events", str(self.events_path)]
         for k, v in (env or {}).items():
             args += ["-env", f"{k}={v}"]
+        if run_delay is not None:
+            args += ["-run-delay", f"{int(run_delay * 1000)}ms"]
         self._stderr: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=self._stderr)
 
@@ -430,8 +439,8 @@ def nri_runtime_factory(
     def factory(
         version: str = "v0.12",
         *,
-        request_timeout: float | None = None,
-        registration_timeout: float | None = None,
+        request_timeout: float | None = DEFAULT_TIMEOUT_S,
+        registration_timeout: float | None = DEFAULT_TIMEOUT_S,
         plugin_path: pathlib.Path | None = None,
     ) -> NRIRuntime:
         if version not in nri_binaries:
@@ -479,6 +488,7 @@ def nri_plugin_factory(
         name: str | None = None,
         env: Mapping[str, str] | None = None,
         version: str | None = None,
+        run_delay: float | None = None,
     ) -> NRIPlugin:
         plugin = NRIPlugin(
             nri_binaries[version or runtime.version].netdev_injector,
@@ -487,6 +497,7 @@ def nri_plugin_factory(
             idx=idx,
             name=name,
             env=env,
+            run_delay=run_delay,
         )
         started.append(plugin)
         return plugin

@@ -269,3 +269,16 @@ def test_every_event_command_reaches_the_plugin(nri_runtime: Any, nri_plugin_fac
     got = [e["event"] for e in plugin.received() if e["event"] != "Synchronize"]
     assert got == [name for _, name in LIFECYCLE]
     assert all(e["pods"] == ["lc/life"] for e in plugin.received()[1:])
+
+
+@pytest.mark.parametrize("version", ["v0.12", "v0.11"])
+def test_plugin_missing_the_request_timeout_is_dropped(
+    nri_runtime_factory: Any, nri_plugin_factory: Any, version: str
+) -> None:
+    """Upstream's default failure policy: the event succeeds without the late plugin."""
+    rt = nri_runtime_factory(version, request_timeout=0.3)
+    plugin = nri_plugin_factory(rt, idx="50", run_delay=3.0)
+    rt.wait_plugins(1)
+    rt.run_pod_sandbox(make_pod("late"))
+    assert wait_for(lambda: rt.call("list_plugins")["live"] == [])
+    assert [e["name"] for e in rt.events_named("plugin_closed")] == [plugin.qualified]

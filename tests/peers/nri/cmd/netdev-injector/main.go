@@ -15,7 +15,8 @@
 // {name, new_name, address, prefix, mtu}.
 //
 // For tests it can also record every event it receives as JSON lines (-events)
-// and add an environment variable to every container it sees created (-env).
+// and add an environment variable to every container it sees created (-env),
+// or answer RunPodSandbox late (-run-delay).
 package main
 
 import (
@@ -27,6 +28,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
@@ -52,6 +54,7 @@ type netDevice struct {
 }
 
 type plugin struct {
+	delay  time.Duration
 	env    []*api.KeyValue
 	events *os.File
 	mu     sync.Mutex
@@ -253,6 +256,7 @@ func (p *plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []*
 
 func (p *plugin) RunPodSandbox(_ context.Context, pod *api.PodSandbox) error {
 	p.record("RunPodSandbox", []*api.PodSandbox{pod}, nil)
+	time.Sleep(p.delay)
 	devs, err := parseDevices(pod.GetAnnotations())
 	if err != nil || len(devs) == 0 {
 		return err
@@ -380,12 +384,13 @@ func main() {
 		name   = flag.String("name", "", "plugin name to register with (default: the binary's name)")
 		socket = flag.String("socket", "", "NRI socket to dial (default: the upstream default)")
 		events = flag.String("events", "", "append a JSON line per received event to this file")
+		delay  = flag.Duration("run-delay", 0, "sleep this long in RunPodSandbox (to test request timeouts)")
 		env    envFlags
 	)
 	flag.Var(&env, "env", "KEY=VALUE to add to every created container (repeatable)")
 	flag.Parse()
 
-	p := &plugin{env: env}
+	p := &plugin{env: env, delay: *delay}
 	if *events != "" {
 		f, err := os.OpenFile(*events, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
