@@ -27,7 +27,7 @@ Fixtures:
 
 ``nri_plugin_factory`` (function)
     ``factory(runtime, idx="10", name=None, env=None, version=None,
-    run_delay=None)`` starts
+    run_delay=None, request_updates=False)`` starts
     the netdev-injector plugin (built at ``version``, default the runtime's)
     against ``runtime.socket``; returns a :class:`NRIPlugin`. Stopped at
     teardown.
@@ -358,6 +358,7 @@ class NRIPlugin:
         name: str | None = None,
         env: Mapping[str, str] | None = None,
         run_delay: float | None = None,
+        request_updates: bool = False,
     ) -> None:
         self.name = name or "netdev-injector"
         self.idx = idx
@@ -370,6 +371,8 @@ class NRIPlugin:
             args += ["-env", f"{k}={v}"]
         if run_delay is not None:
             args += ["-run-delay", f"{int(run_delay * 1000)}ms"]
+        if request_updates:
+            args.append("-request-updates")
         self._stderr: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=self._stderr)
 
@@ -489,6 +492,7 @@ def nri_plugin_factory(
         env: Mapping[str, str] | None = None,
         version: str | None = None,
         run_delay: float | None = None,
+        request_updates: bool = False,
     ) -> NRIPlugin:
         plugin = NRIPlugin(
             nri_binaries[version or runtime.version].netdev_injector,
@@ -498,6 +502,7 @@ def nri_plugin_factory(
             name=name,
             env=env,
             run_delay=run_delay,
+            request_updates=request_updates,
         )
         started.append(plugin)
         return plugin

@@ -282,3 +282,28 @@ def test_plugin_missing_the_request_timeout_is_dropped(
     rt.run_pod_sandbox(make_pod("late"))
     assert wait_for(lambda: rt.call("list_plugins")["live"] == [])
     assert [e["name"] for e in rt.events_named("plugin_closed")] == [plugin.qualified]
+
+
+@BOTH
+def test_unsolicited_container_updates_reach_the_runtime(
+    nri_runtime: Any, nri_plugin_factory: Any
+) -> None:
+    plugin = nri_plugin_factory(nri_runtime, idx="60", request_updates=True)
+    nri_runtime.wait_plugins(1)
+    pod = make_pod("upd")
+    ok_ctr, bad_ctr = make_container("ok", pod), make_container("bad", pod)
+    nri_runtime.call("container_updates", fail_next=[bad_ctr["id"]])
+
+    def results() -> list[dict[str, Any]]:
+        return [e for e in plugin.received() if e["event"] == "UpdateContainersResult"]
+
+    nri_runtime.call("post_start_container", pod=pod, container=ok_ctr)
+    assert wait_for(lambda: len(results()) == 1)
+    nri_runtime.call("post_start_container", pod=pod, container=bad_ctr)
+    assert wait_for(lambda: len(results()) == 2)
+
+    assert [r.get("failed") for r in results()] == [None, [bad_ctr["id"]]]
+    got = nri_runtime.call("container_updates", clear=True)["updates"]
+    assert [u["container_id"] for u in got] == [ok_ctr["id"], bad_ctr["id"]]
+    assert got[0]["linux"]["resources"]["memory"]["limit"]["value"] == str(256 << 20)
+    assert nri_runtime.call("container_updates")["updates"] == []

@@ -16,7 +16,8 @@
 //
 // For tests it can also record every event it receives as JSON lines (-events)
 // and add an environment variable to every container it sees created (-env),
-// or answer RunPodSandbox late (-run-delay).
+// answer RunPodSandbox late (-run-delay), or request an unsolicited container
+// update after PostStartContainer (-request-updates).
 package main
 
 import (
@@ -54,6 +55,8 @@ type netDevice struct {
 }
 
 type plugin struct {
+	stub   stub.Stub
+	update bool // request an unsolicited update for each started container
 	delay  time.Duration
 	env    []*api.KeyValue
 	events *os.File
@@ -343,7 +346,33 @@ func (p *plugin) StartContainer(_ context.Context, pod *api.PodSandbox, ctr *api
 
 func (p *plugin) PostStartContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) error {
 	p.record("PostStartContainer", []*api.PodSandbox{pod}, []*api.Container{ctr})
+	if p.update {
+		// Outside the event: the runtime is still waiting for our answer.
+		go p.requestUpdate(ctr.GetId())
+	}
 	return nil
+}
+
+// requestUpdate asks the runtime, unsolicited, to set the container's memory
+// limit and records which updates the runtime reported failed.
+func (p *plugin) requestUpdate(id string) {
+	u := &api.ContainerUpdate{ContainerId: id}
+	u.SetLinuxMemoryLimit(256 << 20)
+	failed, err := p.stub.UpdateContainers([]*api.ContainerUpdate{u})
+	var ids []string
+	for _, f := range failed {
+		ids = append(ids, f.GetContainerId())
+	}
+	line := map[string]any{"event": "UpdateContainersResult", "failed": ids}
+	if err != nil {
+		line["error"] = err.Error()
+	}
+	buf, _ := json.Marshal(line)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.events != nil {
+		_, _ = p.events.Write(append(buf, '\n'))
+	}
 }
 
 func (p *plugin) UpdateContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container, _ *api.LinuxResources) ([]*api.ContainerUpdate, error) {
@@ -385,12 +414,13 @@ func main() {
 		socket = flag.String("socket", "", "NRI socket to dial (default: the upstream default)")
 		events = flag.String("events", "", "append a JSON line per received event to this file")
 		delay  = flag.Duration("run-delay", 0, "sleep this long in RunPodSandbox (to test request timeouts)")
+		update = flag.Bool("request-updates", false, "after PostStartContainer, request an unsolicited memory-limit update of that container")
 		env    envFlags
 	)
 	flag.Var(&env, "env", "KEY=VALUE to add to every created container (repeatable)")
 	flag.Parse()
 
-	p := &plugin{env: env, delay: *delay}
+	p := &plugin{env: env, delay: *delay, update: *update}
 	if *events != "" {
 		f, err := os.OpenFile(*events, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
@@ -411,12 +441,12 @@ func main() {
 	if *socket != "" {
 		opts = append(opts, stub.WithSocketPath(*socket))
 	}
-	s, err := stub.New(p, opts...)
-	if err != nil {
+	var err error
+	if p.stub, err = stub.New(p, opts...); err != nil {
 		logf("create stub: %v", err)
 		os.Exit(1)
 	}
-	if err := s.Run(context.Background()); err != nil {
+	if err := p.stub.Run(context.Background()); err != nil {
 		logf("plugin exited: %v", err)
 		os.Exit(1)
 	}
