@@ -39,7 +39,7 @@ for v in "${versions[@]}"; do
   for cmd in nri-harness netdev-injector; do
     out="$bin/$cmd-$v"
     [ "$cmd" = netdev-injector ] && out="$bin/nri-netdev-injector-$v"
-    (cd "$here" && go build -modfile="$modfile" -tags "$tags" -trimpath \
+    (cd "$here" && go build -modfile="$modfile" -tags "$tags" -trimpath -buildvcs=false \
       -o "$out.tmp.$$" "./cmd/$cmd")
     mv -f "$out.tmp.$$" "$out"
   done
