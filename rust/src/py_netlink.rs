@@ -27,8 +27,7 @@ pub fn to_py(e: NlError) -> PyErr {
                 ),
                 (
                     "op",
-                    e.op.clone()
-                        .into_pyobject(py)
+                    e.op.into_pyobject(py)
                         .map(|v| v.into_any().unbind())
                         .unwrap_or_else(|_| py.None()),
                 ),
@@ -87,7 +86,7 @@ fn with_attrs(class: &str, e: &NlError) -> PyErr {
     Python::attach(|py| {
         let v = err.value(py);
         let _ = v.setattr("step_index", e.step_index);
-        let _ = v.setattr("op", e.op.clone());
+        let _ = v.setattr("op", e.op);
         let _ = v.setattr("ifname", e.ifname.clone());
         let _ = v.setattr("errno", e.errno);
         let _ = v.setattr("errno_name", e.errno_name());

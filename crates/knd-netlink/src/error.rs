@@ -21,12 +21,12 @@ pub struct NlError {
     /// Index of the failing step, `-1` outside a plan.
     pub step_index: i64,
     /// The step's operation (`"link_set"`), `""` outside a plan.
-    pub op: String,
+    pub op: &'static str,
     pub ifname: Option<String>,
     /// Positive errno (0 when none applies).
     pub errno: i32,
     /// The kernel's extended-ACK message, `""` when it gave none.
-    pub kernel_message: String,
+    pub kernel_message: Box<str>,
     /// True when every completed step was undone.
     pub rolled_back: bool,
     /// Undo steps that failed themselves.
@@ -39,10 +39,10 @@ impl NlError {
             kind,
             message: message.into(),
             step_index: -1,
-            op: String::new(),
+            op: "",
             ifname: None,
             errno: 0,
-            kernel_message: String::new(),
+            kernel_message: "".into(),
             rolled_back: false,
             rollback_errors: Vec::new(),
         }
@@ -71,7 +71,7 @@ impl NlError {
     pub fn kernel(what: &str, errno: i32, kernel_message: &str) -> Self {
         let mut err = Self::new(ErrorKind::Netlink, describe(what, errno, kernel_message));
         err.errno = errno;
-        err.kernel_message = kernel_message.to_string();
+        err.kernel_message = kernel_message.into();
         err
     }
 

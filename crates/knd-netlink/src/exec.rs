@@ -223,7 +223,7 @@ fn step_err(kind: ErrorKind, index: usize, op: &Op, message: String) -> NlError 
         ),
     );
     e.step_index = index as i64;
-    e.op = op.name().to_string();
+    e.op = op.name();
     e.ifname = op.ifname();
     e
 }
@@ -422,7 +422,7 @@ impl<'p> Engine<'p> {
                             crate::error::describe("RTM_GETLINK", errno, &msg),
                         );
                         e.errno = errno;
-                        e.kernel_message = msg;
+                        e.kernel_message = msg.into();
                         return Err(e);
                     }
                     _ => {
@@ -754,7 +754,7 @@ impl<'p> Engine<'p> {
         let replies = replies.map_err(|mut e| {
             let it = &items[0];
             e.step_index = it.index as i64;
-            e.op = self.plan.steps[it.index].op.name().to_string();
+            e.op = self.plan.steps[it.index].op.name();
             e
         })?;
         let mut first_err: Option<NlError> = None;
@@ -791,7 +791,7 @@ impl<'p> Engine<'p> {
         }
         let mut e = step_err(ErrorKind::Netlink, index, op, text);
         e.errno = errno;
-        e.kernel_message = msg.to_string();
+        e.kernel_message = msg.into();
         e
     }
 

@@ -16,9 +16,6 @@
 //! [`wire::Enc`] into one reusable buffer (nested link-kind payloads included),
 //! which keeps encoding well under a microsecond per request.
 
-// NlError carries the failing step's full context; failures are the rare path.
-#![allow(clippy::result_large_err)]
-
 pub mod dump;
 pub mod error;
 pub mod exec;
