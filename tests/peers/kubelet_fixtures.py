@@ -20,12 +20,14 @@ Fixtures:
     ``.list_plugins()``, ``.wait_event(name, **match)``. Stopped at teardown.
 
 ``kubelet_harness_factory`` (function)
-    ``factory(*, force_v1beta1=False, supported_versions=None, node_name=None)``
+    ``factory(*, force_v1beta1=False, supported_versions=None, health_versions=None,
+    node_name=None)``
     for harnesses with other settings.
 
 ``ref_dra_driver`` (function)
     ``factory(harness, driver=None, *, kubeconfig=None, versions="v1,v1beta1",
-    health=False, health_devices=(), unhealthy=(), rolling_update_uid=None)``
+    health=False, health_versions="v1,v1alpha1", health_devices=(), unhealthy=(),
+    rolling_update_uid=None)``
     starts the upstream-helper reference driver registering into
     ``harness.registry_dir``; returns a :class:`RefDriver`. Stopped at teardown.
 
@@ -67,7 +69,8 @@ BINARIES = ("kubelet-harness", "ref-driver", "fake-registrar")
 
 V1 = "v1.DRAPlugin"
 V1BETA1 = "v1beta1.DRAPlugin"
-HEALTH = "v1alpha1.DRAResourceHealth"
+HEALTH_V1 = "v1.DRAResourceHealth"
+HEALTH_V1ALPHA1 = "v1alpha1.DRAResourceHealth"
 
 START_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 60.0  # the harness gives each DRA call 45 s itself
@@ -194,6 +197,7 @@ class KubeletHarness:
         *,
         force_v1beta1: bool = False,
         supported_versions: Sequence[str] | None = None,
+        health_versions: Sequence[str] | None = None,
         node_name: str | None = None,
     ) -> KubeletHarness:
         root = pathlib.Path(tempfile.mkdtemp(prefix=f"knd-kl{os.getpid()}-", dir="/tmp"))
@@ -210,6 +214,8 @@ class KubeletHarness:
             argv.append("--force-v1beta1")
         if supported_versions is not None:
             argv.append(f"--supported-versions={','.join(supported_versions)}")
+        if health_versions is not None:
+            argv.append(f"--health-versions={','.join(health_versions)}")
         stderr_path = root / "harness.stderr"
         with stderr_path.open("wb") as err:
             popen = subprocess.Popen(
@@ -348,13 +354,15 @@ class KubeletHarness:
         reply = self.call(cmd, **fields)
         return {k: reply[k] for k in ("api", "endpoint", "response")}
 
-    def watch_health(self, driver: str, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
-        """Read ``count`` messages from the driver's NodeWatchResources stream."""
-        reply = self.call(
-            "watch_health", driver=driver, count=count, timeout_ms=int(timeout * 1000)
-        )
-        messages: list[dict[str, Any]] = reply["messages"]
-        return messages
+    def watch_health(
+        self, driver: str, count: int, *, api: str | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Read ``count`` messages from NodeWatchResources: ``{"api", "endpoint", "messages"}``."""
+        fields: dict[str, Any] = {"driver": driver, "count": count}
+        if api:
+            fields["api"] = api
+        reply = self.call("watch_health", timeout_ms=int(timeout * 1000), **fields)
+        return {k: reply[k] for k in ("api", "endpoint", "messages")}
 
     def wait_event(
         self,
@@ -466,6 +474,7 @@ def start_ref_driver(
     kubeconfig: str | os.PathLike[str] | None = None,
     versions: str = "v1,v1beta1",
     health: bool = False,
+    health_versions: str = "v1,v1alpha1",
     health_devices: Sequence[str] = ("dev-0",),
     unhealthy: Sequence[str] = (),
     rolling_update_uid: str | None = None,
@@ -492,6 +501,7 @@ def start_ref_driver(
     if health:
         argv += [
             "--health",
+            f"--health-versions={health_versions}",
             f"--health-devices={','.join(health_devices)}",
             f"--health-unhealthy={','.join(unhealthy)}",
             "--health-interval=200ms",

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from peers.kubelet_fixtures import HEALTH, V1, V1BETA1, KubeletHarnessError, unique_name
+from peers.kubelet_fixtures import (
+    HEALTH_V1,
+    HEALTH_V1ALPHA1,
+    V1,
+    V1BETA1,
+    KubeletHarnessError,
+    unique_name,
+)
 
 # --------------------------------------------------------------------------- registration
 
@@ -87,7 +94,7 @@ def test_plugin_order_decides_version(kubelet_harness, fake_registrar, tmp_path)
     ("info", "message"),
     [
         ({"versions": ()}, "empty list of supported gRPC services"),
-        ({"versions": ("v1alpha3.DRAPlugin", HEALTH)}, "none of the plugin's services"),
+        ({"versions": ("v1alpha3.DRAPlugin", HEALTH_V1)}, "none of the plugin's services"),
         ({"type": "CSIPlugin"}, "no handler registered for plugin type"),
         ({"name": ""}, "plugin name is empty"),
         ({"endpoint": "relative/dra.sock"}, "is not an absolute path"),
@@ -180,23 +187,56 @@ def test_harness_rejects_bad_commands(kubelet_harness):
 # --------------------------------------------------------------------------- health
 
 
-def test_health_stream(kubelet_harness, ref_dra_driver):
-    drv = ref_dra_driver(
-        kubelet_harness, health=True, health_devices=("eth1", "eth2"), unhealthy=("eth2",)
-    )
-    plugin = kubelet_harness.wait_registered(drv.driver)
-    assert plugin["supported_versions"] == [V1, V1BETA1, HEALTH]
-    assert plugin["health"] is True
-
-    messages = kubelet_harness.watch_health(drv.driver, 2)
-    assert len(messages) == 2
+def _check_health(messages, pool):
+    assert messages
     for msg in messages:
         by_name = {d["device"]["device_name"]: d for d in msg["devices"]}
         assert set(by_name) == {"eth1", "eth2"}
         assert by_name["eth1"]["health"] == "HEALTHY"
         assert by_name["eth2"]["health"] == "UNHEALTHY"
-        assert by_name["eth1"]["device"]["pool_name"] == kubelet_harness.node_name
+        assert by_name["eth1"]["device"]["pool_name"] == pool
         assert int(by_name["eth1"]["health_check_timeout_seconds"]) == 30
+        assert int(by_name["eth1"]["last_updated_time"]) > 0
+        assert "unhealthy" in by_name["eth2"]["message"]
+
+
+def test_health_stream_v1_and_v1alpha1(kubelet_harness, ref_dra_driver):
+    drv = ref_dra_driver(
+        kubelet_harness, health=True, health_devices=("eth1", "eth2"), unhealthy=("eth2",)
+    )
+    plugin = kubelet_harness.wait_registered(drv.driver)
+    assert plugin["supported_versions"] == [V1, V1BETA1, HEALTH_V1, HEALTH_V1ALPHA1]
+    assert plugin["health"] is True
+    assert plugin["health_version"] == HEALTH_V1
+
+    out = kubelet_harness.watch_health(drv.driver, 2)
+    assert out["api"] == HEALTH_V1
+    assert len(out["messages"]) == 2
+    _check_health(out["messages"], kubelet_harness.node_name)
+
+    out = kubelet_harness.watch_health(drv.driver, 1, api="v1alpha1")
+    assert out["api"] == HEALTH_V1ALPHA1
+    _check_health(out["messages"], kubelet_harness.node_name)
+
+
+def test_older_kubelet_watches_v1alpha1_health(kubelet_harness_factory, ref_dra_driver):
+    h = kubelet_harness_factory(health_versions=[HEALTH_V1ALPHA1])
+    drv = ref_dra_driver(h, health=True, health_devices=("eth1", "eth2"), unhealthy=("eth2",))
+    assert h.wait_registered(drv.driver)["health_version"] == HEALTH_V1ALPHA1
+    out = h.watch_health(drv.driver, 1)
+    assert out["api"] == HEALTH_V1ALPHA1
+    _check_health(out["messages"], h.node_name)
+
+
+def test_plugin_with_only_v1_health_and_v1alpha1_kubelet(kubelet_harness_factory, ref_dra_driver):
+    h = kubelet_harness_factory(health_versions=[HEALTH_V1ALPHA1])
+    drv = ref_dra_driver(h, health=True, health_versions="v1")
+    plugin = h.wait_registered(drv.driver)
+    assert plugin["supported_versions"] == [V1, V1BETA1, HEALTH_V1]
+    assert plugin["health"] is False
+    with pytest.raises(KubeletHarnessError) as err:
+        h.watch_health(drv.driver, 1)
+    assert err.value.code == "unsupported"
 
 
 def test_health_not_offered(kubelet_harness, ref_dra_driver):

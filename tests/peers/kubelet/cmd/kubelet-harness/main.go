@@ -26,7 +26,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	drahealth "k8s.io/kubelet/pkg/apis/dra-health/v1alpha1"
+	drahealthv1 "k8s.io/kubelet/pkg/apis/dra-health/v1"
+	drahealthv1alpha1 "k8s.io/kubelet/pkg/apis/dra-health/v1alpha1"
 	drav1 "k8s.io/kubelet/pkg/apis/dra/v1"
 	drav1beta1 "k8s.io/kubelet/pkg/apis/dra/v1beta1"
 )
@@ -259,20 +260,53 @@ func (h *harness) watchHealth(ctx context.Context, req *request) (map[string]any
 	if req.Count <= 0 {
 		return nil, fail("invalid", "count must be positive")
 	}
-	p, _, err := h.pluginFor(req)
-	if err != nil {
-		return nil, err
+	if req.Driver == "" {
+		return nil, fail("invalid", "driver is required")
 	}
-	if !p.Health {
-		return nil, fail("unsupported", "plugin %q does not offer %s", req.Driver, healthService)
+	p, _ := h.reg.current(req.Driver)
+	if p == nil {
+		return nil, fail("not_registered", "driver %q is not registered", req.Driver)
 	}
-	stream, err := p.health().NodeWatchResources(ctx, &drahealth.NodeWatchResourcesRequest{})
-	if err != nil {
-		return nil, grpcError(err)
+	version := p.HealthVersion
+	if req.API != "" {
+		want := req.API
+		if !strings.Contains(want, ".") {
+			want += ".DRAResourceHealth"
+		}
+		if want != healthV1 && want != healthV1alpha1 {
+			return nil, fail("invalid", "unknown health api %q", req.API)
+		}
+		listed := false
+		for _, v := range p.SupportedVersions {
+			listed = listed || v == want
+		}
+		if !listed {
+			return nil, fail("unsupported", "plugin %q does not offer %s (offers %q)", req.Driver, want, p.SupportedVersions)
+		}
+		version = want
+	}
+	if version == "" {
+		return nil, fail("unsupported", "plugin %q offers no DRAResourceHealth version the harness accepts (offers %q)", req.Driver, p.SupportedVersions)
+	}
+
+	var recv func() (proto.Message, error)
+	switch version {
+	case healthV1:
+		stream, err := p.healthV1().NodeWatchResources(ctx, &drahealthv1.NodeWatchResourcesRequest{})
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		recv = func() (proto.Message, error) { return stream.Recv() }
+	default:
+		stream, err := p.healthV1alpha1().NodeWatchResources(ctx, &drahealthv1alpha1.NodeWatchResourcesRequest{})
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		recv = func() (proto.Message, error) { return stream.Recv() }
 	}
 	var msgs []any
 	for len(msgs) < req.Count {
-		msg, err := stream.Recv()
+		msg, err := recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil, fail("eof", "health stream ended after %d messages", len(msgs))
@@ -288,13 +322,13 @@ func (h *harness) watchHealth(ctx context.Context, req *request) (map[string]any
 		}
 		msgs = append(msgs, m)
 	}
-	return map[string]any{"endpoint": p.Endpoint, "messages": msgs}, nil
+	return map[string]any{"api": version, "endpoint": p.Endpoint, "messages": msgs}, nil
 }
 
 func (h *harness) handle(req *request) (map[string]any, error) {
 	switch req.Cmd {
 	case "ping":
-		return map[string]any{"node_name": h.nodeName, "supported_versions": h.reg.supported}, nil
+		return map[string]any{"node_name": h.nodeName, "supported_versions": h.reg.supported, "health_versions": h.reg.healthSupported}, nil
 	case "wait_registered", "wait_deregistered":
 		if req.Driver == "" {
 			return nil, fail("invalid", "driver is required")
@@ -387,6 +421,8 @@ func main() {
 	nodeName := flag.String("node-name", "", "name of the node this kubelet pretends to run (reported only)")
 	versions := flag.String("supported-versions", drav1.DRAPluginService+","+drav1beta1.DRAPluginService,
 		"comma-separated DRA services the harness accepts at registration")
+	healthVersions := flag.String("health-versions", healthV1+","+healthV1alpha1,
+		"comma-separated DRAResourceHealth services the harness accepts (empty: none)")
 	forceV1beta1 := flag.Bool("force-v1beta1", false, "accept only "+drav1beta1.DRAPluginService+" (like a 1.32/1.33 kubelet)")
 	flag.Parse()
 
@@ -419,8 +455,21 @@ func main() {
 		os.Exit(2)
 	}
 
+	var healthSupported []string
+	for _, v := range strings.Split(*healthVersions, ",") {
+		v = strings.TrimSpace(v)
+		if v == "" {
+			continue
+		}
+		if v != healthV1 && v != healthV1alpha1 {
+			fmt.Fprintf(os.Stderr, "kubelet-harness: unknown version %q in --health-versions\n", v)
+			os.Exit(2)
+		}
+		healthSupported = append(healthSupported, v)
+	}
+
 	out := &output{w: os.Stdout}
-	reg := newRegistry(supported, out)
+	reg := newRegistry(supported, healthSupported, out)
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	h := &harness{reg: reg, out: out, nodeName: *nodeName, shutdown: cancel}
 
@@ -436,7 +485,8 @@ func main() {
 	case <-ready:
 	}
 	out.event("ready", map[string]any{
-		"registry_dir": *registryDir, "node_name": *nodeName, "supported_versions": supported, "pid": os.Getpid(),
+		"registry_dir": *registryDir, "node_name": *nodeName, "supported_versions": supported,
+		"health_versions": healthSupported, "pid": os.Getpid(),
 	})
 
 	var wg sync.WaitGroup

@@ -19,7 +19,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	drahealth "k8s.io/kubelet/pkg/apis/dra-health/v1alpha1"
+	drahealthv1 "k8s.io/kubelet/pkg/apis/dra-health/v1"
+	drahealthv1alpha1 "k8s.io/kubelet/pkg/apis/dra-health/v1alpha1"
 	drav1 "k8s.io/kubelet/pkg/apis/dra/v1"
 	drav1beta1 "k8s.io/kubelet/pkg/apis/dra/v1beta1"
 	regapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
@@ -28,8 +29,11 @@ import (
 // callTimeout is what the kubelet gives each plugin call.
 const callTimeout = 45 * time.Second
 
-// healthService is the optional health service's name in supported_versions.
-var healthService = drahealth.DRAResourceHealth_ServiceDesc.ServiceName
+// Names of the optional health service's versions in supported_versions.
+const (
+	healthV1       = drahealthv1.DRAResourceHealthService
+	healthV1alpha1 = drahealthv1alpha1.DRAResourceHealthService
+)
 
 // plugin is one registered endpoint of a driver.
 type plugin struct {
@@ -39,6 +43,7 @@ type plugin struct {
 	Version           string    `json:"version"`
 	SupportedVersions []string  `json:"supported_versions"`
 	Health            bool      `json:"health"`
+	HealthVersion     string    `json:"health_version"`
 	RegisteredAt      time.Time `json:"registered_at"`
 	seq               uint64
 	conn              *grpc.ClientConn
@@ -56,18 +61,20 @@ type registry struct {
 	seq     uint64
 	changed chan struct{}
 
-	supported []string // the versions this harness accepts, in its preference
-	out       *output
+	supported       []string // the DRA service versions this harness accepts
+	healthSupported []string // the health service versions it accepts
+	out             *output
 }
 
-func newRegistry(supported []string, out *output) *registry {
+func newRegistry(supported, healthSupported []string, out *output) *registry {
 	return &registry{
-		byDriver:  map[string][]*plugin{},
-		bySocket:  map[string]*plugin{},
-		gen:       map[string]uint64{},
-		changed:   make(chan struct{}),
-		supported: supported,
-		out:       out,
+		healthSupported: healthSupported,
+		byDriver:        map[string][]*plugin{},
+		bySocket:        map[string]*plugin{},
+		gen:             map[string]uint64{},
+		changed:         make(chan struct{}),
+		supported:       supported,
+		out:             out,
 	}
 }
 
@@ -199,9 +206,15 @@ func (r *registry) register(path string) {
 		SupportedVersions: append([]string(nil), info.SupportedVersions...),
 		RegisteredAt:      time.Now().UTC(),
 	}
+	// The health service is optional: the first version in the plugin's
+	// list that the harness accepts, if any.
+health:
 	for _, v := range info.SupportedVersions {
-		if v == healthService {
-			p.Health = true
+		for _, s := range r.healthSupported {
+			if v == s {
+				p.Health, p.HealthVersion = true, v
+				break health
+			}
 		}
 	}
 	dra, err := dialUnix(p.Endpoint)
@@ -238,7 +251,7 @@ func (r *registry) register(path string) {
 	}
 	r.out.event("registered", map[string]any{
 		"socket": path, "driver": p.Driver, "endpoint": p.Endpoint, "version": p.Version,
-		"supported_versions": p.SupportedVersions, "health": p.Health,
+		"supported_versions": p.SupportedVersions, "health": p.Health, "health_version": p.HealthVersion,
 	})
 	r.mu.Lock()
 	r.notifyLocked()
@@ -385,6 +398,9 @@ func (p *plugin) v1() drav1.DRAPluginClient { return drav1.NewDRAPluginClient(p.
 func (p *plugin) v1beta1() drav1beta1.DRAPluginClient {
 	return drav1beta1.NewDRAPluginClient(p.conn)
 }
-func (p *plugin) health() drahealth.DRAResourceHealthClient {
-	return drahealth.NewDRAResourceHealthClient(p.conn)
+func (p *plugin) healthV1() drahealthv1.DRAResourceHealthClient {
+	return drahealthv1.NewDRAResourceHealthClient(p.conn)
+}
+func (p *plugin) healthV1alpha1() drahealthv1alpha1.DRAResourceHealthClient {
+	return drahealthv1alpha1.NewDRAResourceHealthClient(p.conn)
 }

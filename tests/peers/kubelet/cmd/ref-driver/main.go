@@ -26,7 +26,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/klog/v2"
-	drahealth "k8s.io/kubelet/pkg/apis/dra-health/v1alpha1"
 )
 
 type driver struct {
@@ -35,6 +34,12 @@ type driver struct {
 	mu         sync.Mutex
 	prepared   map[types.UID][]kubeletplugin.Device
 	cancelMain context.CancelCauseFunc
+
+	health         bool
+	healthPool     string
+	healthDevices  []string
+	unhealthy      map[string]bool
+	healthInterval time.Duration
 }
 
 func (d *driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
@@ -85,44 +90,34 @@ func (d *driver) HandleError(ctx context.Context, err error, msg string) {
 	}
 }
 
-// healthDriver adds the optional DRAResourceHealth service; the helper
-// detects it by type assertion and then lists v1alpha1.DRAResourceHealth.
-type healthDriver struct {
-	*driver
-	pool      string
-	devices   []string
-	unhealthy map[string]bool
-	interval  time.Duration
-	drahealth.UnimplementedDRAResourceHealthServer
-}
-
-func (h *healthDriver) snapshot() *drahealth.NodeWatchResourcesResponse {
-	now := time.Now().Unix()
-	resp := &drahealth.NodeWatchResourcesResponse{}
-	for _, name := range h.devices {
-		health := drahealth.HealthStatus_HEALTHY
-		if h.unhealthy[name] {
-			health = drahealth.HealthStatus_UNHEALTHY
-		}
-		resp.Devices = append(resp.Devices, &drahealth.DeviceHealth{
-			Device:                    &drahealth.DeviceIdentifier{PoolName: h.pool, DeviceName: name},
-			Health:                    health,
-			LastUpdatedTime:           now,
-			HealthCheckTimeoutSeconds: 30,
-		})
+// WatchHealthStatus implements the helper's version-neutral health API; the
+// helper serves it as v1.DRAResourceHealth and v1alpha1.DRAResourceHealth.
+func (d *driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
+	if !d.health {
+		return kubeletplugin.ErrHealthNotSupported
 	}
-	return resp
-}
-
-func (h *healthDriver) NodeWatchResources(_ *drahealth.NodeWatchResourcesRequest, stream drahealth.DRAResourceHealth_NodeWatchResourcesServer) error {
-	t := time.NewTicker(h.interval)
+	t := time.NewTicker(d.healthInterval)
 	defer t.Stop()
 	for {
-		if err := stream.Send(h.snapshot()); err != nil {
-			return err
+		report := kubeletplugin.DeviceHealthReport{}
+		for _, name := range d.healthDevices {
+			h := kubeletplugin.HealthStatusHealthy
+			msg := "ok"
+			if d.unhealthy[name] {
+				h, msg = kubeletplugin.HealthStatusUnhealthy, "reported unhealthy by --health-unhealthy"
+			}
+			report.Devices = append(report.Devices, kubeletplugin.DeviceHealth{
+				PoolName: d.healthPool, DeviceName: name, Health: h,
+				LastUpdated: time.Now(), HealthCheckTimeout: 30 * time.Second, Message: msg,
+			})
 		}
 		select {
-		case <-stream.Context().Done():
+		case <-ctx.Done():
+			return nil
+		case reports <- report:
+		}
+		select {
+		case <-ctx.Done():
 			return nil
 		case <-t.C:
 		}
@@ -153,7 +148,8 @@ func main() {
 	nodeName := flag.String("node-name", "", "node name")
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig for claim lookups (empty: an unreachable server)")
 	versions := flag.String("versions", "v1,v1beta1", "DRA node services to serve, in order of preference: v1, v1beta1")
-	health := flag.Bool("health", false, "serve v1alpha1.DRAResourceHealth")
+	health := flag.Bool("health", false, "advertise and serve DRAResourceHealth")
+	healthVersions := flag.String("health-versions", "v1,v1alpha1", "DRAResourceHealth versions to serve: v1, v1alpha1")
 	healthPool := flag.String("health-pool", "", "pool reported by the health stream (default: node name)")
 	healthDevices := flag.String("health-devices", "dev-0", "comma-separated devices reported by the health stream")
 	healthBad := flag.String("health-unhealthy", "", "comma-separated devices reported UNHEALTHY")
@@ -174,26 +170,19 @@ func main() {
 	}
 
 	d := &driver{name: *driverName, cdiVendor: "kndkit.test", prepared: map[types.UID][]kubeletplugin.Device{}, cancelMain: cancel}
-	var impl kubeletplugin.DRAPlugin = d
 	if *health {
-		pool := *healthPool
-		if pool == "" {
-			pool = *nodeName
+		d.health = true
+		d.healthPool = *healthPool
+		if d.healthPool == "" {
+			d.healthPool = *nodeName
 		}
-		var devs []string
-		for _, s := range strings.Split(*healthDevices, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				devs = append(devs, s)
-			}
+		d.healthDevices = splitList(*healthDevices)
+		sort.Strings(d.healthDevices)
+		d.unhealthy = map[string]bool{}
+		for _, s := range splitList(*healthBad) {
+			d.unhealthy[s] = true
 		}
-		sort.Strings(devs)
-		bad := map[string]bool{}
-		for _, s := range strings.Split(*healthBad, ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				bad[s] = true
-			}
-		}
-		impl = &healthDriver{driver: d, pool: pool, devices: devs, unhealthy: bad, interval: *healthInterval}
+		d.healthInterval = *healthInterval
 	}
 
 	opts := []kubeletplugin.Option{
@@ -201,7 +190,21 @@ func main() {
 		kubeletplugin.NodeName(*nodeName),
 		kubeletplugin.KubeClient(client),
 		kubeletplugin.RegistrarDirectoryPath(*registryDir),
+		kubeletplugin.HealthService(*health),
 	}
+	hv1, hv1alpha1 := false, false
+	for _, v := range splitList(*healthVersions) {
+		switch v {
+		case "v1":
+			hv1 = true
+		case "v1alpha1":
+			hv1alpha1 = true
+		default:
+			klog.ErrorS(nil, "unknown version in --health-versions", "version", v)
+			os.Exit(2)
+		}
+	}
+	opts = append(opts, kubeletplugin.HealthV1(hv1), kubeletplugin.HealthV1alpha1(hv1alpha1))
 	if *dataDir != "" {
 		opts = append(opts, kubeletplugin.PluginDataDirectoryPath(*dataDir))
 	}
@@ -226,7 +229,7 @@ func main() {
 	}
 	opts = append(opts, kubeletplugin.NodeV1(v1), kubeletplugin.NodeV1beta1(v1beta1))
 
-	helper, err := kubeletplugin.Start(ctx, impl, opts...)
+	helper, err := kubeletplugin.Start(ctx, d, opts...)
 	if err != nil {
 		klog.ErrorS(err, "start kubelet plugin helper")
 		os.Exit(1)
@@ -240,4 +243,14 @@ func main() {
 		os.Exit(1)
 	}
 	klog.Info("stopped")
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
 }
