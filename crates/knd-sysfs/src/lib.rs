@@ -777,7 +777,7 @@ pub fn discover(
         pci: HashMap::new(),
         warnings: Vec::new(),
     };
-    let mut rdma = w.rdma_devices();
+    let rdma = w.rdma_devices();
 
     let mut netdevs = match links {
         Some(links) => {
@@ -825,27 +825,25 @@ pub fn discover(
     };
     netdevs.sort_by_key(|n| n.ifindex);
 
-    // RDMA <-> netdev, by name; when both sides know their PCI function, it must agree.
+    // RDMA <-> netdev, by name. `RdmaDevice::netdevs` keeps what sysfs says (the
+    // netdev may live in another namespace); a netdev is given the RDMA device
+    // unless both know their PCI function and they differ (same name, other device).
     let pos: HashMap<String, usize> = netdevs
         .iter()
         .enumerate()
         .map(|(i, n)| (n.name.clone(), i))
         .collect();
-    for r in &mut rdma {
-        r.netdevs.retain(|n| {
-            let Some(&i) = pos.get(n) else {
-                return links.is_none();
-            };
-            let nd = &netdevs[i];
-            r.pci_address.is_none() || nd.pci_address.is_none() || nd.pci_address == r.pci_address
-        });
+    for r in &rdma {
         for n in &r.netdevs {
-            if let Some(&i) = pos.get(n) {
-                let nd = &mut netdevs[i];
-                if nd.rdma_device.is_none() {
-                    nd.rdma_device = Some(r.name.clone());
-                    nd.char_devices = r.char_devices.clone();
-                }
+            let Some(&i) = pos.get(n) else { continue };
+            let nd = &mut netdevs[i];
+            let agree = match (&nd.pci_address, &r.pci_address) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+            if agree && nd.rdma_device.is_none() {
+                nd.rdma_device = Some(r.name.clone());
+                nd.char_devices = r.char_devices.clone();
             }
         }
     }
@@ -1063,6 +1061,83 @@ mod tests {
         assert!(by["v0"].lowers.is_empty());
         assert_eq!(by["br0"].lowers, ["v0"]);
         assert_eq!(by["br0"].pci_address, None);
+    }
+
+    #[test]
+    fn rdma_mapping_with_link_facts() {
+        let d = tmpdir("rdma");
+        let pf = d.join("devices/pci0000:3a/0000:3a:00.0/0000:3b:00.0");
+        let other = d.join("devices/pci0000:3a/0000:3a:01.0/0000:3c:00.0");
+        let ib = d.join("devices/pci0000:3a/0000:3a:02.0/0000:3d:00.0");
+        for (p, dev) in [(&pf, "mlx5_0"), (&other, "mlx5_1"), (&ib, "mlx5_2")] {
+            write(&p.join("vendor"), "0x15b3\n");
+            write(&p.join("numa_node"), "1\n");
+            let r = p.join("infiniband").join(dev);
+            write(&r.join("node_type"), "1: CA\n");
+            symlink(
+                "../../../".to_string() + p.file_name().unwrap().to_str().unwrap(),
+                r.join("device"),
+            )
+            .unwrap();
+            std::fs::create_dir_all(d.join("class/infiniband")).unwrap();
+            let rel = Path::new("../..").join(r.strip_prefix(&d).unwrap());
+            symlink(rel, d.join("class/infiniband").join(dev)).unwrap();
+            let idx = &dev[5..];
+            write(
+                &p.join(format!("infiniband_verbs/uverbs{idx}/ibdev")),
+                &format!("{dev}\n"),
+            );
+            write(&d.join(format!("dev/infiniband/uverbs{idx}")), "");
+        }
+        write(
+            &pf.join("infiniband/mlx5_0/ports/1/gid_attrs/ndevs/0"),
+            "eth0\n",
+        );
+        // mlx5_1 claims "eth9", but this namespace's eth9 is another PCI function
+        write(
+            &other.join("infiniband/mlx5_1/ports/1/gid_attrs/ndevs/0"),
+            "eth9\n",
+        );
+        write(&d.join("dev/infiniband/rdma_cm"), "");
+        std::fs::create_dir_all(d.join("bus/pci/devices")).unwrap();
+        for p in [&pf, &other, &ib] {
+            let a = p.file_name().unwrap();
+            let rel = Path::new("../../..").join(p.strip_prefix(&d).unwrap());
+            symlink(rel, d.join("bus/pci/devices").join(a)).unwrap();
+        }
+        let parent = |name: &str, pci: &str, ifindex: i32| LinkFacts {
+            ifindex,
+            name: name.into(),
+            parent_dev_name: Some(pci.into()),
+            parent_dev_bus: Some("pci".into()),
+            ..Default::default()
+        };
+        let links = vec![
+            parent("eth0", "0000:3b:00.0", 2),
+            parent("eth9", "0000:3d:00.0", 3),
+        ];
+        let t = discover(&d, &d.join("dev"), Some(&links)).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        let names: Vec<_> = t.rdma_devices.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["mlx5_0", "mlx5_1", "mlx5_2"]);
+        assert_eq!(t.netdevs[0].rdma_device.as_deref(), Some("mlx5_0"));
+        assert_eq!(
+            t.netdevs[0].char_devices,
+            ["/dev/infiniband/uverbs0", "/dev/infiniband/rdma_cm"]
+        );
+        assert_eq!(t.netdevs[0].numa_node, Some(1));
+        assert_eq!(t.netdevs[0].pcie_root.as_deref(), Some("pci0000:3a"));
+        // eth9 is not mlx5_1's netdev: different PCI function
+        assert_eq!(t.netdevs[1].rdma_device, None);
+        assert_eq!(t.rdma_devices[1].netdevs, ["eth9"]);
+        // mlx5_2: no port netdev and no net/ on its function: standalone
+        assert!(t.rdma_devices[2].netdevs.is_empty());
+        assert_eq!(
+            t.rdma_devices[2].pci_address.as_deref(),
+            Some("0000:3d:00.0")
+        );
+        assert_eq!(t.rdma_devices[2].node_type.as_deref(), Some("CA"));
     }
 
     #[test]
