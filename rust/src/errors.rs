@@ -17,7 +17,12 @@ pub fn knd_err(class: &str, message: &str, kwargs: &[(&str, Py<PyAny>)]) -> PyEr
     })
 }
 
-fn build(py: Python<'_>, class: &str, message: &str, kwargs: &[(&str, Py<PyAny>)]) -> PyResult<PyErr> {
+fn build(
+    py: Python<'_>,
+    class: &str,
+    message: &str,
+    kwargs: &[(&str, Py<PyAny>)],
+) -> PyResult<PyErr> {
     let cls = py.import("kndkit.errors")?.getattr(class)?;
     let kw = PyDict::new(py);
     for (k, v) in kwargs {

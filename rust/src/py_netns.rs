@@ -14,13 +14,18 @@ pub struct PyNetNs {
 
 impl PyNetNs {
     fn wrap(ns: knd_netns::NetNs) -> Self {
-        Self { inner: std::sync::Mutex::new(Some(ns)) }
+        Self {
+            inner: std::sync::Mutex::new(Some(ns)),
+        }
     }
 
     /// A fresh owned clone of the namespace handle, for use after the GIL is
     /// released (the clone stays valid even if Python closes this handle).
     pub fn clone_inner(&self) -> PyResult<knd_netns::NetNs> {
-        let g = self.inner.lock().map_err(|_| namespace_error("namespace handle poisoned"))?;
+        let g = self
+            .inner
+            .lock()
+            .map_err(|_| namespace_error("namespace handle poisoned"))?;
         match g.as_ref() {
             Some(ns) => ns.try_clone().map_err(|e| namespace_error(e.message)),
             None => Err(namespace_error("namespace handle is closed")),
@@ -29,13 +34,23 @@ impl PyNetNs {
 
     /// The raw fd (valid while the handle is open).
     pub fn raw_fd(&self) -> PyResult<RawFd> {
-        let g = self.inner.lock().map_err(|_| namespace_error("namespace handle poisoned"))?;
-        g.as_ref().map(|ns| ns.as_raw_fd()).ok_or_else(|| namespace_error("namespace handle is closed"))
+        let g = self
+            .inner
+            .lock()
+            .map_err(|_| namespace_error("namespace handle poisoned"))?;
+        g.as_ref()
+            .map(|ns| ns.as_raw_fd())
+            .ok_or_else(|| namespace_error("namespace handle is closed"))
     }
 
     fn with<R>(&self, f: impl FnOnce(&knd_netns::NetNs) -> R) -> PyResult<R> {
-        let g = self.inner.lock().map_err(|_| namespace_error("namespace handle poisoned"))?;
-        g.as_ref().map(f).ok_or_else(|| namespace_error("namespace handle is closed"))
+        let g = self
+            .inner
+            .lock()
+            .map_err(|_| namespace_error("namespace handle poisoned"))?;
+        g.as_ref()
+            .map(f)
+            .ok_or_else(|| namespace_error("namespace handle is closed"))
     }
 }
 
@@ -44,22 +59,30 @@ impl PyNetNs {
     #[staticmethod]
     fn open(py: Python<'_>, path: &str) -> PyResult<Self> {
         let p = path.to_owned();
-        py.detach(move || knd_netns::NetNs::open(&p)).map(Self::wrap).map_err(|e| namespace_error(e.message))
+        py.detach(move || knd_netns::NetNs::open(&p))
+            .map(Self::wrap)
+            .map_err(|e| namespace_error(e.message))
     }
 
     #[staticmethod]
     fn from_pid(pid: i32) -> PyResult<Self> {
-        knd_netns::NetNs::from_pid(pid).map(Self::wrap).map_err(|e| namespace_error(e.message))
+        knd_netns::NetNs::from_pid(pid)
+            .map(Self::wrap)
+            .map_err(|e| namespace_error(e.message))
     }
 
     #[staticmethod]
     fn from_fd(fd: i32) -> PyResult<Self> {
-        knd_netns::NetNs::from_fd(fd).map(Self::wrap).map_err(|e| namespace_error(e.message))
+        knd_netns::NetNs::from_fd(fd)
+            .map(Self::wrap)
+            .map_err(|e| namespace_error(e.message))
     }
 
     #[staticmethod]
     fn current() -> PyResult<Self> {
-        knd_netns::NetNs::current().map(Self::wrap).map_err(|e| namespace_error(e.message))
+        knd_netns::NetNs::current()
+            .map(Self::wrap)
+            .map_err(|e| namespace_error(e.message))
     }
 
     #[getter]
@@ -96,7 +119,9 @@ impl PyNetNs {
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        let Ok(o) = other.cast::<PyNetNs>() else { return false };
+        let Ok(o) = other.cast::<PyNetNs>() else {
+            return false;
+        };
         let a = self.with(|ns| ns.inode()).ok();
         let b = o.get().with(|ns| ns.inode()).ok();
         a.is_some() && a == b

@@ -27,7 +27,10 @@ pub struct NsError {
 
 impl NsError {
     fn new(message: impl Into<String>, errno: i32) -> Self {
-        Self { message: message.into(), errno }
+        Self {
+            message: message.into(),
+            errno,
+        }
     }
     fn os(what: impl fmt::Display) -> Self {
         let e = std::io::Error::last_os_error();
@@ -57,12 +60,19 @@ impl NetNs {
     /// Opens `path` (`/run/netns/NAME`, `/proc/PID/ns/net`, a bind mount...).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, NsError> {
         let path = path.as_ref();
-        let c = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| NsError::new(format!("namespace path {path:?} contains a NUL byte"), libc::EINVAL))?;
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            NsError::new(
+                format!("namespace path {path:?} contains a NUL byte"),
+                libc::EINVAL,
+            )
+        })?;
         // SAFETY: valid NUL-terminated string; the result is checked.
         let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
         if fd < 0 {
-            return Err(NsError::os(format!("cannot open namespace {}", path.display())));
+            return Err(NsError::os(format!(
+                "cannot open namespace {}",
+                path.display()
+            )));
         }
         // SAFETY: fd was just returned by open and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -80,7 +90,10 @@ impl NetNs {
     /// Duplicates `fd`; the caller keeps its own descriptor.
     pub fn from_fd(fd: RawFd) -> Result<Self, NsError> {
         if fd < 0 {
-            return Err(NsError::new(format!("invalid file descriptor {fd}"), libc::EBADF));
+            return Err(NsError::new(
+                format!("invalid file descriptor {fd}"),
+                libc::EBADF,
+            ));
         }
         // SAFETY: F_DUPFD_CLOEXEC on an arbitrary int is safe; failure is checked.
         let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
@@ -109,17 +122,26 @@ impl NetNs {
         }
         #[allow(clippy::unnecessary_cast)]
         if sfs.f_type as i64 != NSFS_MAGIC {
-            return Err(NsError::new(format!("{what} is not a namespace file (not on nsfs)"), libc::EINVAL));
+            return Err(NsError::new(
+                format!("{what} is not a namespace file (not on nsfs)"),
+                libc::EINVAL,
+            ));
         }
         // SAFETY: ioctl on an nsfs fd with a request that takes no argument.
         let kind = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
         if kind < 0 {
-            return Err(NsError::os(format!("cannot query the namespace type of {what}")));
+            return Err(NsError::os(format!(
+                "cannot query the namespace type of {what}"
+            )));
         }
         if kind != libc::CLONE_NEWNET {
-            return Err(NsError::new(format!("{what} is a namespace but not a network namespace"), libc::EINVAL));
+            return Err(NsError::new(
+                format!("{what} is a namespace but not a network namespace"),
+                libc::EINVAL,
+            ));
         }
-        let (dev, ino) = fstat_ids(fd.as_raw_fd()).map_err(|_| NsError::os(format!("cannot stat {what}")))?;
+        let (dev, ino) =
+            fstat_ids(fd.as_raw_fd()).map_err(|_| NsError::os(format!("cannot stat {what}")))?;
         Ok(Self { fd, path, dev, ino })
     }
 
@@ -154,7 +176,10 @@ impl NetNs {
             Err(NsError::new(
                 format!(
                     "network namespace {} is gone (its path no longer names inode {})",
-                    self.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    self.path
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
                     self.ino
                 ),
                 libc::ENOENT,
@@ -171,7 +196,12 @@ impl NetNs {
         }
         // SAFETY: fresh descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(dup) };
-        Ok(Self { fd, path: self.path.clone(), dev: self.dev, ino: self.ino })
+        Ok(Self {
+            fd,
+            path: self.path.clone(),
+            dev: self.dev,
+            ino: self.ino,
+        })
     }
 
     /// Runs `f` on a new thread that has entered this namespace, and returns its
@@ -194,7 +224,8 @@ impl NetNs {
                     Ok(f())
                 })
                 .map_err(|e| NsError::new(format!("cannot spawn a namespace thread: {e}"), 0))?;
-            h.join().map_err(|_| NsError::new("namespace thread panicked", 0))?
+            h.join()
+                .map_err(|_| NsError::new("namespace thread panicked", 0))?
         })
     }
 
@@ -304,13 +335,21 @@ mod tests {
         std::fs::write(&dir, b"not a namespace").unwrap();
         let err = NetNs::open(&dir).unwrap_err();
         std::fs::remove_file(&dir).ok();
-        assert!(err.message.contains("not a namespace file"), "{}", err.message);
+        assert!(
+            err.message.contains("not a namespace file"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn other_namespace_kind_is_refused() {
         let err = NetNs::open("/proc/self/ns/uts").unwrap_err();
-        assert!(err.message.contains("not a network namespace"), "{}", err.message);
+        assert!(
+            err.message.contains("not a network namespace"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
