@@ -12,6 +12,30 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, final
 
+__all__ = [
+    "Discovery",
+    "NetDevice",
+    "NetNs",
+    "RdmaDevice",
+    "__version__",
+    "apply",
+    "discover",
+    "dump_addresses",
+    "dump_links",
+    "dump_neighbours",
+    "dump_routes",
+    "dump_rules",
+    "encode",
+    "rdma_available",
+    "rdma_get_netns_mode",
+    "rdma_links",
+    "rdma_move",
+    "rdma_rename",
+    "rdma_set_netns_mode",
+    "verbs_available",
+    "verbs_devices",
+]
+
 __version__: str
 
 # --------------------------------------------------------------------------- namespaces
