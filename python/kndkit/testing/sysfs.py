@@ -90,6 +90,7 @@ class SysfsBuilder:
     dev_root: Path | None = None
     _next_ifindex: int = field(default=1, init=False)
     _net_dirs: dict[str, str] = field(default_factory=dict, init=False)
+    _made: set[str] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -97,22 +98,31 @@ class SysfsBuilder:
             self.dev_root = Path(self.dev_root)
         self.root.mkdir(parents=True, exist_ok=True)
         for d in ("devices/virtual/net", "class/net", "bus/pci/devices", "bus/pci/drivers"):
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+            self.mkdir(d)
 
     # ------------------------------------------------------------------ primitives
 
+    def mkdir(self, rel: str) -> Path:
+        """Creates directory ``rel`` (and its parents) once."""
+        p = self.root / rel
+        if rel not in self._made:
+            os.makedirs(p, exist_ok=True)
+            self._made.add(rel)
+        return p
+
     def write(self, rel: str, value: str) -> Path:
         """Writes one attribute file (a newline is appended, as sysfs does)."""
+        self.mkdir(os.path.dirname(rel))
         p = self.root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(value if value.endswith("\n") else value + "\n")
+        with open(p, "w") as f:
+            f.write(value if value.endswith("\n") else value + "\n")
         return p
 
     def symlink(self, rel: str, target_rel: str) -> Path:
         """Creates ``rel`` as a relative symlink to ``target_rel`` (both relative
         to the root). An existing link of that name is replaced."""
+        self.mkdir(os.path.dirname(rel))
         link = self.root / rel
-        link.parent.mkdir(parents=True, exist_ok=True)
         target = os.path.relpath(self.root / target_rel, link.parent)
         if all(part == ".." for part in Path(target).parts):
             # The kernel spells a link to an ancestor as "../../../<name>".
@@ -180,7 +190,7 @@ class SysfsBuilder:
         uevent = [f"PCI_ID={vendor[2:].upper()}:{device[2:].upper()}", f"PCI_SLOT_NAME={address}"]
         if driver:
             uevent.insert(0, f"DRIVER={driver}")
-            (self.root / f"bus/pci/drivers/{driver}").mkdir(parents=True, exist_ok=True)
+            self.mkdir(f"bus/pci/drivers/{driver}")
             self.symlink(f"{rel}/driver", f"bus/pci/drivers/{driver}")
             self.symlink(f"bus/pci/drivers/{driver}/{address}", rel)
         self.write(f"{rel}/uevent", "\n".join(uevent))
@@ -203,8 +213,8 @@ class SysfsBuilder:
         """A non-PCI device below ``parent`` (``virtio2`` below a virtio PCI
         function), with its ``bus/<bus>/devices`` link."""
         rel = f"{parent}/{name}"
-        (self.root / rel).mkdir(parents=True, exist_ok=True)
-        (self.root / f"bus/{bus}/devices").mkdir(parents=True, exist_ok=True)
+        self.mkdir(rel)
+        self.mkdir(f"bus/{bus}/devices")
         self.symlink(f"bus/{bus}/devices/{name}", rel)
         self.symlink(f"{rel}/subsystem", f"bus/{bus}")
         return rel
@@ -371,7 +381,7 @@ def build_from_capture(
         b.symlink(f"bus/pci/devices/{addr}", rel)
         if attrs.get("driver"):
             drv = str(attrs["driver"])
-            (b.root / f"bus/pci/drivers/{drv}").mkdir(parents=True, exist_ok=True)
+            b.mkdir(f"bus/pci/drivers/{drv}")
             b.symlink(f"{rel}/driver", f"bus/pci/drivers/{drv}")
             b.symlink(f"bus/pci/drivers/{drv}/{addr}", rel)
             b.write(f"{rel}/uevent", f"DRIVER={drv}\nPCI_SLOT_NAME={addr}")
@@ -380,7 +390,7 @@ def build_from_capture(
         if attrs.get("iommu_group") is not None:
             group = Path(str(attrs["iommu_group"])).name
             b.symlink(f"{rel}/iommu_group", f"kernel/iommu_groups/{group}")
-            (b.root / f"kernel/iommu_groups/{group}").mkdir(parents=True, exist_ok=True)
+            b.mkdir(f"kernel/iommu_groups/{group}")
     # SR-IOV links once every function exists.
     for addr, attrs in pci.items():
         rel = pci_rel[addr]
@@ -402,7 +412,7 @@ def build_from_capture(
         b.write(f"{rel}/uevent", f"INTERFACE={name}\nIFINDEX={attrs.get('ifindex', '0')}")
         if attrs.get("device_realpath"):
             dev = _rel(str(attrs["device_realpath"]))
-            (b.root / dev).mkdir(parents=True, exist_ok=True)
+            b.mkdir(dev)
             b.symlink(f"{rel}/device", dev)
             leaf = Path(dev).name
             if leaf.startswith("virtio") and leaf[6:].isdigit():
@@ -503,7 +513,7 @@ def build_synthetic(
     for r in range(root_complexes):
         base = r * span
         rc = f"devices/pci0000:{base:02x}"
-        (b.root / rc).mkdir(parents=True, exist_ok=True)
+        b.mkdir(rc)
         numa: int | str = r * numa_nodes // root_complexes if numa_nodes else -1
         rcs.append((rc, base, numa))
     slots = [0] * root_complexes
