@@ -281,3 +281,58 @@ def test_small_host_virtual_links(small_host: pathlib.Path) -> None:
     assert by["enp1s0f0np0"].uppers == ["mv0"]
     assert by["lo"].kind == "loopback"
     assert by["enp129s0f0np0"].numa_node == 1 and by["enp129s0f0np0"].pcie_root == "pci0000:80"
+
+
+# --------------------------------------------------------------------------- fuzz
+
+_ATTRS = [
+    "ifindex",
+    "address",
+    "mtu",
+    "operstate",
+    "type",
+    "uevent",
+    "device/vendor",
+    "device/device",
+    "device/subsystem_vendor",
+    "device/numa_node",
+    "device/sriov_totalvfs",
+    "device/sriov_numvfs",
+]
+
+
+def test_garbage_in_any_attribute_never_breaks_the_walk(tmp_path: pathlib.Path) -> None:
+    """Random bytes in any attribute of any netdev: every netdev is still found,
+    nothing raises, and a NUMA node is never negative."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    root = build_synthetic(
+        tmp_path / "sys", root_complexes=2, pfs=2, vfs_per_pf=1, dev_root=tmp_path / "dev"
+    )
+    dev = tmp_path / "dev"
+    names = sorted(p.name for p in (root / "class/net").iterdir())
+    expected = len(discover(root, dev_root=dev).netdevs)
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(
+        st.sampled_from(names),
+        st.sampled_from(_ATTRS),
+        st.binary(max_size=64)
+        | st.sampled_from([b"-1", b"0x", b"4294967296", b"\xff\xfe", b"", b"\n\n"]),
+    )
+    def check(name: str, attr: str, garbage: bytes) -> None:
+        path = _net(root, name) / attr
+        if not path.exists():
+            return
+        original = path.read_bytes()
+        path.write_bytes(garbage)
+        try:
+            found = discover(root, dev_root=dev)
+        finally:
+            path.write_bytes(original)
+        assert len(found.netdevs) == expected
+        assert all(n.numa_node is None or n.numa_node >= 0 for n in found.netdevs)
+        assert {n.name for n in found.netdevs} == set(names)
+
+    check()
