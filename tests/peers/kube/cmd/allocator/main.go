@@ -186,6 +186,28 @@ type inputs struct {
 	allClaims []*resourceapi.ResourceClaim
 }
 
+// defaultClaim applies the apiserver's defaults for count modes, which objects
+// read from JSON have not been through.
+func defaultClaim(c *resourceapi.ResourceClaim) {
+	def := func(mode *resourceapi.DeviceAllocationMode, count *int64) {
+		if *mode == "" {
+			*mode = resourceapi.DeviceAllocationModeExactCount
+		}
+		if *mode == resourceapi.DeviceAllocationModeExactCount && *count == 0 {
+			*count = 1
+		}
+	}
+	for i := range c.Spec.Devices.Requests {
+		r := &c.Spec.Devices.Requests[i]
+		if r.Exactly != nil {
+			def(&r.Exactly.AllocationMode, &r.Exactly.Count)
+		}
+		for j := range r.FirstAvailable {
+			def(&r.FirstAvailable[j].AllocationMode, &r.FirstAvailable[j].Count)
+		}
+	}
+}
+
 func loadJSON(path, nodeName string) (*inputs, error) {
 	var r io.Reader = os.Stdin
 	if path != "-" {
@@ -216,6 +238,7 @@ func loadJSON(path, nodeName string) (*inputs, error) {
 		in.classes = append(in.classes, &doc.Classes[i])
 	}
 	for i := range doc.Claims {
+		defaultClaim(&doc.Claims[i])
 		in.toAlloc = append(in.toAlloc, &doc.Claims[i])
 	}
 	in.allClaims = append(in.allClaims, in.toAlloc...)
