@@ -209,8 +209,10 @@ def test_namespace_deleted_between_plan_and_execution(env: Env) -> None:
         _ip("netns", "del", gone_name, check=False)
 
 
-def test_namespace_vanishing_mid_plan_rolls_back_completed_batches(env: Env) -> None:
-    """The pod dies after the first batch ran: that batch is undone."""
+def test_dead_namespace_late_in_the_plan_is_refused_before_anything_is_sent(env: Env) -> None:
+    """A namespace used only by the last step is already gone: the plan is refused
+    up front (every namespace is checked before the first send), naming that step,
+    and the host steps before it never reach the kernel."""
     nics = env.add_nics(1)
     u = _uid()
     gone_name = f"knl-v{u}"
@@ -219,9 +221,6 @@ def test_namespace_vanishing_mid_plan_rolls_back_completed_batches(env: Env) -> 
     try:
         _ip("-n", gone_name, "link", "add", "x0", "type", "veth", "peer", "name", "x1")
         host_before = state(env.host)
-        # The third step needs a lookup in `gone` after the first batch was sent;
-        # the namespace is deleted by a step of the plan itself (link_del cannot be
-        # rolled back, so use a path check instead): delete it from a fork-free hook.
         steps = [
             nl.set_mtu(nics[0], 1280, ns=env.host),
             nl.set_alias(nics[0], "x", ns=env.host),
