@@ -371,6 +371,70 @@ def test_allocator_json_mode_needs_no_cluster(kube_peers_built: Any) -> None:
     assert bad.returncode == ALLOC_BAD_INPUT
     assert "bogus" in bad.json["error"]
 
+    unknown = alloc.allocate_json({"slices": [sl], "claims": [want]}, features=["NoSuchThing"])
+    assert unknown.returncode == ALLOC_BAD_INPUT
+    assert "unknown allocator feature" in unknown.json["error"]
+
+
+def test_allocator_prioritized_list_takes_the_first_alternative_that_fits(
+    kube_peers_built: Any,
+) -> None:
+    from peers.kube_fixtures import Allocator
+
+    cls = {
+        "metadata": {"name": "nics"},
+        "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{DRIVER}"'}}]},
+    }
+    sl = slice_obj("s1", "n1", [device("eth1", numaNode=0), device("eth2", numaNode=1)])
+
+    def on_numa(name: str, numa: int) -> dict[str, Any]:
+        cel = f'device.attributes["{DRIVER}"].numaNode == {numa}'
+        return {
+            "name": name,
+            "deviceClassName": "nics",
+            "selectors": [{"cel": {"expression": cel}}],
+        }
+
+    claim = {
+        "metadata": {"name": "c1", "namespace": "default"},
+        "spec": {
+            "devices": {
+                "requests": [
+                    {"name": "nic", "firstAvailable": [on_numa("numa5", 5), on_numa("numa0", 0)]}
+                ]
+            }
+        },
+    }
+    doc = {"slices": [sl], "classes": [cls], "claims": [claim]}
+    res = Allocator(kubeconfig=None).allocate_json(doc, node="n1")
+    assert res.returncode == ALLOC_OK, (res.json, res.stderr)
+    [r] = res.results[0]["allocation"]["devices"]["results"]
+    assert (r["request"], r["device"]) == ("nic/numa0", "eth1")
+    # The stable allocator (no features) refuses prioritized lists as bad input.
+    old = Allocator(kubeconfig=None).allocate_json(doc, node="n1", features=["none"])
+    assert old.returncode == ALLOC_BAD_INPUT, old.json
+    assert "DRAPrioritizedList" in old.json["error"]
+    only = Allocator(kubeconfig=None).allocate_json(doc, node="n1", features=["PrioritizedList"])
+    assert only.returncode == ALLOC_OK, only.json
+
+
+def test_control_plane_teardown_leaves_nothing_running(
+    kube_peers_built: Any, tmp_path: Any
+) -> None:
+    import socket
+
+    cluster = KubeCluster.start(tmp_path / "cp")
+    try:
+        procs = list(cluster._procs)
+        assert cluster.running and len(procs) == 2
+        port = int(cluster.url.rsplit(":", 1)[1])
+    finally:
+        cluster.stop()
+    assert all(p.popen.poll() is not None for p in procs)
+    assert not cluster.running
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+
 
 # ---------------------------------------------------------------- least-privilege RBAC
 

@@ -113,10 +113,24 @@ func (c classList) Get(name string) (*resourceapi.DeviceClass, error) {
 	return nil, apierrors.NewNotFound(resourceapi.Resource("deviceclasses"), name)
 }
 
+// schedulerDefaults are the allocator features the kube-scheduler of the same
+// release (v1.37) turns on with its default feature gates.
+var schedulerDefaults = structured.Features{
+	AdminAccess:             true,
+	ConsumableCapacity:      true,
+	DeviceBindingAndStatus:  true,
+	DeviceTaints:            true,
+	FractionalCapacityRange: true,
+	PartitionableDevices:    true,
+	PrioritizedList:         true,
+}
+
 func parseFeatures(spec string) (structured.Features, error) {
 	var f structured.Features
-	spec = strings.TrimSpace(spec)
-	if spec == "" {
+	switch spec = strings.TrimSpace(spec); spec {
+	case "", "default":
+		return schedulerDefaults, nil
+	case "none":
 		return f, nil
 	}
 	v := reflect.ValueOf(&f).Elem()
@@ -135,7 +149,7 @@ func parseFeatures(spec string) (structured.Features, error) {
 			for i := 0; i < v.NumField(); i++ {
 				known = append(known, v.Type().Field(i).Name)
 			}
-			return f, badf("unknown allocator feature %q (known: %s, or all)", name, strings.Join(known, ", "))
+			return f, badf("unknown allocator feature %q (known: %s; or default, none, all)", name, strings.Join(known, ", "))
 		}
 		field.SetBool(true)
 	}
@@ -444,7 +458,7 @@ func main() {
 	fs.Var(&o.claims, "claim", "namespace/name of a claim to allocate (repeatable; allocated together)")
 	fs.StringVar(&o.podName, "pod-name", "", "pod to put into status.reservedFor")
 	fs.StringVar(&o.podUID, "pod-uid", "", "UID of --pod-name")
-	fs.StringVar(&o.features, "features", "", "allocator features to enable: comma-separated Features field names, or all (default: none = stable allocator)")
+	fs.StringVar(&o.features, "features", "default", "allocator features: default (those the v1.37 scheduler enables by default), none (the stable allocator), all, or a comma-separated list of structured.Features field names")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "compute the allocation but do not write it")
 	fs.StringVar(&o.fromJSON, "from-json", "", "read node, slices, classes and claims from this JSON file (- for stdin) instead of a cluster; implies --dry-run")
 	fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "overall time limit")
