@@ -216,6 +216,7 @@ impl PyDiscovery {
 
 enum Failure {
     Sysfs(knd_sysfs::SysfsError),
+    Namespace(String),
     Netlink(Box<knd_netlink::NlError>),
 }
 
@@ -316,6 +317,11 @@ fn discover(
         None => None,
     };
     let result = py.detach(move || -> Result<knd_sysfs::Topology, Failure> {
+        if let Some(h) = &ns {
+            // A namespace whose path was deleted is gone for discovery too.
+            h.ensure_alive()
+                .map_err(|e| Failure::Namespace(e.message))?;
+        }
         let facts = if netlink {
             Some(link_facts(ns.as_ref())?)
         } else {
@@ -332,6 +338,7 @@ fn discover(
             })
         }
         Err(Failure::Netlink(e)) => return Err(netlink_error(*e)),
+        Err(Failure::Namespace(m)) => return Err(namespace_error(m)),
     };
     if !topo.warnings.is_empty() {
         log_warnings(py, &topo.warnings);
