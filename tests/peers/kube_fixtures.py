@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -742,12 +742,14 @@ def allocator(kube_apiserver: KubeCluster) -> Allocator:
     return Allocator(kube_apiserver.kubeconfig_admin)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if not report.failed:
-        return
-    cluster = getattr(item, "funcargs", {}).get("kube_apiserver")
-    if isinstance(cluster, KubeCluster):
-        report.sections.append(("kube control plane logs (tail)", cluster.logs(6000)))
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the tails of the apiserver and etcd logs to a failing test's report."""
+    report = yield
+    if report.failed:
+        cluster = getattr(item, "funcargs", {}).get("kube_apiserver")
+        if isinstance(cluster, KubeCluster):
+            report.sections.append(("kube control plane logs (tail)", cluster.logs(6000)))
+    return report

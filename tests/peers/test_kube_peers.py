@@ -516,13 +516,22 @@ def test_driver_rbac_allows_driver_work_and_nothing_more(
     assert "resourceclaims/driver" in err.value.message, err.value
     assert "arbitrary-node:patch" in err.value.message, err.value
 
+    # As the driver writes it: server-side apply on /status, field manager = driver.
+    apply_doc = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": claim["metadata"]["name"], "namespace": dra_world["namespace"]},
+        **status_patch,
+    }
     patched = kube_apiserver.request(
         "PATCH",
-        status_path,
-        status_patch,
+        f"{status_path}?fieldManager={DRIVER}&force=true",
+        apply_doc,
         token=token,
-        content_type="application/merge-patch+json",
+        content_type="application/apply-patch+yaml",
     )
+    managers = {m["manager"] for m in patched["metadata"]["managedFields"]}
+    assert DRIVER in managers, managers
     assert patched["status"]["devices"][0]["networkData"]["interfaceName"] == "net1"
 
     def forbidden(method: str, p: str, body: Any = None) -> KubeAPIError:
