@@ -753,3 +753,28 @@ def pytest_runtest_makereport(
         if isinstance(cluster, KubeCluster):
             report.sections.append(("kube control plane logs (tail)", cluster.logs(6000)))
     return report
+
+
+def _serve() -> None:  # pragma: no cover - manual use
+    """``python tests/peers/kube_fixtures.py``: run a control plane until Ctrl-C."""
+    import tempfile
+
+    logging.basicConfig(level=logging.INFO)
+    build_peers()
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="kndkit-kube-"))
+    cluster = KubeCluster.start(workdir)
+    driver = cluster.kubeconfig_for(DRIVER_RBAC)
+    print(f"kube-apiserver {cluster.version.get('gitVersion')} at {cluster.url}")
+    print(f"admin:  export KUBECONFIG={cluster.kubeconfig_admin}")
+    print(f"driver: export KUBECONFIG={driver}")
+    print(f"logs:   {workdir}/*.log   (Ctrl-C stops)")
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    _serve()
