@@ -12,7 +12,12 @@ import pytest
 
 from kndkit._native import Discovery, NetDevice, NetNs, RdmaDevice, discover
 from kndkit.errors import InvalidArgument
-from kndkit.testing.sysfs import GPU_VM_CAPTURE, build_from_capture, build_synthetic
+from kndkit.testing.sysfs import (
+    GPU_VM_CAPTURE,
+    SysfsBuilder,
+    build_from_capture,
+    build_synthetic,
+)
 
 # --------------------------------------------------------------------------- the GPU host
 
@@ -336,3 +341,28 @@ def test_garbage_in_any_attribute_never_breaks_the_walk(tmp_path: pathlib.Path) 
         assert {n.name for n in found.netdevs} == set(names)
 
     check()
+
+
+def test_usb_nic_is_not_given_its_host_controllers_ids(tmp_path: pathlib.Path) -> None:
+    b = SysfsBuilder(tmp_path / "sys")
+    xhci = b.pci_function(
+        "0000:00:14.0", "devices/pci0000:00", vendor="0x8086", device="0xa0ed", class_="0x0c0330"
+    )
+    usb = b.bus_device("usb", "1-1:1.0", f"{xhci}/usb1/1-1")
+    b.netdev("enx001122334455", parent=usb, mac="00:11:22:33:44:55")
+    virtio_pci = b.pci_function(
+        "0000:00:03.0", "devices/pci0000:00", vendor="0x1af4", device="0x1041", driver="virtio-pci"
+    )
+    b.netdev("eth0", parent=b.bus_device("virtio", "virtio0", virtio_pci))
+    by = {n.name: n for n in discover(b.root, netlink=False).netdevs}
+    usb_nic = by["enx001122334455"]
+    assert usb_nic.kind == "physical"
+    assert usb_nic.pci_address is None and usb_nic.vendor_id is None
+    assert usb_nic.pcie_root == "pci0000:00"
+    assert by["eth0"].pci_address == "0000:00:03.0" and by["eth0"].driver == "virtio-pci"
+
+
+def test_module_docstring_example(tmp_path: pathlib.Path) -> None:
+    sysfs = build_synthetic(tmp_path / "sys", pfs=2, vfs_per_pf=4, dev_root=tmp_path / "dev")
+    found = discover(sysfs, dev_root=tmp_path / "dev", netlink=False)
+    assert len([d for d in found.netdevs if d.physfn]) == 8

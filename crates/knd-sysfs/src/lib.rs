@@ -257,17 +257,25 @@ pub fn pcie_root_of(path: &Path) -> Option<String> {
 
 /// The nearest PCI function at or above `dev` (a virtio device sits below
 /// its PCI function: `.../0000:00:03.0/virtio2`).
+///
+/// Only virtio devices are looked through: a virtio NIC *is* its PCI function,
+/// whereas a USB NIC's nearest PCI function is its host controller, whose IDs
+/// are not the NIC's.
 fn pci_dir_of(dev: &Path, stop: &Path) -> Option<PathBuf> {
     let mut cur = Some(dev);
     while let Some(p) = cur {
         if p == stop || !p.starts_with(stop) {
             return None;
         }
-        if p.file_name()
-            .and_then(OsStr::to_str)
-            .is_some_and(is_pci_address)
-        {
+        let name = p.file_name().and_then(OsStr::to_str).unwrap_or("");
+        if is_pci_address(name) {
             return Some(p.to_path_buf());
+        }
+        let virtio = name
+            .strip_prefix("virtio")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !virtio {
+            return None;
         }
         cur = p.parent();
     }
@@ -579,6 +587,8 @@ impl Walker {
 
     fn apply_pci(&mut self, nd: &mut NetDevice, dev: &Path) {
         let Some(info) = self.pci_dir(dev).and_then(|pd| self.pci(&pd)) else {
+            // Not a PCI function (USB, platform...): only its place in the tree.
+            nd.pcie_root = dev.strip_prefix(&self.devices).ok().and_then(pcie_root_of);
             return;
         };
         nd.pci_address = Some(info.address);
@@ -876,6 +886,19 @@ mod tests {
             Some("pci0000:3a")
         );
         assert_eq!(pcie_root_of(Path::new("/sys/devices/virtual/net/lo")), None);
+    }
+
+    #[test]
+    fn only_virtio_is_looked_through() {
+        let stop = Path::new("/r/devices");
+        let virtio = Path::new("/r/devices/pci0000:00/0000:00:03.0/virtio2");
+        assert_eq!(
+            pci_dir_of(virtio, stop),
+            Some(PathBuf::from("/r/devices/pci0000:00/0000:00:03.0"))
+        );
+        let usb = Path::new("/r/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0");
+        assert_eq!(pci_dir_of(usb, stop), None);
+        assert_eq!(pci_dir_of(Path::new("/r/devices/platform/x"), stop), None);
     }
 
     #[test]
