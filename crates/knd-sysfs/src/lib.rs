@@ -195,7 +195,8 @@ fn join_link(dir: &Path, target: &Path) -> PathBuf {
     out
 }
 
-/// Follows the symlink at `link` (one readlink); `Ok(None)` when it is absent.
+/// Follows the symlink at `link` (one readlink); `Ok(None)` when it is absent,
+/// the path itself when it is not a symlink (a plain directory in a fake tree).
 fn follow(link: &Path) -> io::Result<Option<PathBuf>> {
     match std::fs::read_link(link) {
         Ok(t) => {
@@ -203,6 +204,7 @@ fn follow(link: &Path) -> io::Result<Option<PathBuf>> {
             Ok(Some(join_link(dir, &t)))
         }
         Err(e) if is_absent(&e) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Some(link.to_path_buf())),
         Err(e) => Err(e),
     }
 }
@@ -488,14 +490,9 @@ impl Walker {
                 Ok(Some(d)) => d,
                 Ok(None) => continue,
                 Err(e) => {
-                    // Not a symlink (a plain directory in some fake trees).
-                    if e.raw_os_error() == Some(libc::EINVAL) {
-                        link.clone()
-                    } else {
-                        self.warnings
-                            .push(format!("{who}: cannot resolve {}: {e}", link.display()));
-                        continue;
-                    }
+                    self.warnings
+                        .push(format!("{who}: cannot resolve {}: {e}", link.display()));
+                    continue;
                 }
             };
             let mut dev = RdmaDevice {
@@ -612,13 +609,16 @@ impl Walker {
         let dir = match follow(&link) {
             Ok(Some(d)) => d,
             Ok(None) => return None,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => link.clone(),
             Err(e) => {
                 self.warnings
                     .push(format!("{who}: cannot resolve {}: {e}", link.display()));
                 return None;
             }
         };
+        if !dir.is_dir() {
+            // `bonding_masters` and other plain files of class/net are no netdevs.
+            return None;
+        }
         let w = &mut self.warnings;
         let attr = |a: &str, w: &mut Vec<String>| read_opt(&dir.join(a), &who, w);
         let uevent = attr("uevent", w).unwrap_or_default();
@@ -969,6 +969,7 @@ mod tests {
         )
         .unwrap();
         symlink("../../devices/virtual/net/lo", root.join("class/net/lo")).unwrap();
+        write(&root.join("class/net/bonding_masters"), "\n");
         symlink(
             "../../devices/pci0000:01/0000:01:00.0/net/eth1",
             root.join("class/net/eth1"),
