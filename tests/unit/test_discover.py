@@ -366,3 +366,17 @@ def test_module_docstring_example(tmp_path: pathlib.Path) -> None:
     sysfs = build_synthetic(tmp_path / "sys", pfs=2, vfs_per_pf=4, dev_root=tmp_path / "dev")
     found = discover(sysfs, dev_root=tmp_path / "dev", netlink=False)
     assert len([d for d in found.netdevs if d.physfn]) == 8
+
+
+def test_inconsistent_sriov_counts(small_host: pathlib.Path) -> None:
+    root = small_host
+    pf0 = _net(root, "enp1s0f0np0") / "device"
+    pf1 = _net(root, "enp129s0f0np0") / "device"
+    (pf0 / "sriov_numvfs").write_text("4000000\n")  # more than totalvfs: ignored
+    (pf1 / "sriov_numvfs").write_text("3\n")  # one more than the virtfn links
+    found = discover(root, dev_root=root.parent / "dev")
+    by = {n.name: n for n in found.netdevs}
+    assert by["enp1s0f0np0"].sriov_numvfs is None and by["enp1s0f0np0"].virtfns == []
+    assert by["enp129s0f0np0"].sriov_numvfs == 3 and len(by["enp129s0f0np0"].virtfns) == 2
+    assert any("exceeds sriov_totalvfs" in w for w in found.warnings)
+    assert sum("virtfn2 is missing" in w for w in found.warnings) == 1

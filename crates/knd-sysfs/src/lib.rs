@@ -445,15 +445,28 @@ impl Walker {
             Ok(p) => info.physfn = p,
             Err(e) => w.push(format!("{who}: cannot read physfn link: {e}")),
         }
-        if info.sriov_totalvfs.is_some() {
-            let n = info.sriov_numvfs.unwrap_or(0);
+        if let Some(total) = info.sriov_totalvfs {
+            let mut n = info.sriov_numvfs.unwrap_or(0);
+            if n > total {
+                w.push(format!(
+                    "{who}: sriov_numvfs {n} exceeds sriov_totalvfs {total}"
+                ));
+                info.sriov_numvfs = None;
+                n = 0;
+            }
             for i in 0..n {
                 match link_basename(&dir.join(format!("virtfn{i}"))) {
                     Ok(Some(vf)) => info.virtfns.push(vf),
-                    Ok(None) => w.push(format!(
-                        "{who}: sriov_numvfs is {n} but virtfn{i} is missing"
-                    )),
-                    Err(e) => w.push(format!("{who}: cannot read virtfn{i}: {e}")),
+                    Ok(None) => {
+                        w.push(format!(
+                            "{who}: sriov_numvfs is {n} but virtfn{i} is missing"
+                        ));
+                        break;
+                    }
+                    Err(e) => {
+                        w.push(format!("{who}: cannot read virtfn{i}: {e}"));
+                        break;
+                    }
                 }
             }
         }
