@@ -149,11 +149,14 @@ impl std::error::Error for SysfsError {}
 
 // ------------------------------------------------------------------ small helpers
 
+/// A sysfs attribute is at most one page; anything longer is cut there.
+const MAX_ATTR: u64 = 4096;
+
 /// Reads a sysfs attribute (open + read + close, no stat), trimmed.
 fn read_attr(path: &Path) -> io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    let f = std::fs::File::open(path)?;
     let mut buf = Vec::with_capacity(64);
-    f.read_to_end(&mut buf)?;
+    f.take(MAX_ATTR).read_to_end(&mut buf)?;
     let s = String::from_utf8_lossy(&buf);
     Ok(s.trim().to_owned())
 }
