@@ -380,3 +380,16 @@ def test_inconsistent_sriov_counts(small_host: pathlib.Path) -> None:
     assert by["enp129s0f0np0"].sriov_numvfs == 3 and len(by["enp129s0f0np0"].virtfns) == 2
     assert any("exceeds sriov_totalvfs" in w for w in found.warnings)
     assert sum("virtfn2 is missing" in w for w in found.warnings) == 1
+
+
+def test_fifo_and_oversized_attributes_do_not_hang(small_host: pathlib.Path) -> None:
+    root = small_host
+    net = _net(root, "veth1")
+    os.unlink(net / "mtu")
+    os.mkfifo(net / "mtu")  # opening a FIFO for reading would block without O_NONBLOCK
+    (net / "address").write_text("aa:" * 100_000)
+    found = discover(root, dev_root=root.parent / "dev")
+    veth1 = next(n for n in found.netdevs if n.name == "veth1")
+    assert veth1.mtu == 0
+    assert veth1.mac is not None and len(veth1.mac) <= 4096
+    assert any("veth1" in w and "mtu" in w for w in found.warnings)

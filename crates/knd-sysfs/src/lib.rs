@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 /// `IFF_LOOPBACK` from `<linux/if.h>`.
@@ -154,7 +155,11 @@ const MAX_ATTR: u64 = 4096;
 
 /// Reads a sysfs attribute (open + read + close, no stat), trimmed.
 fn read_attr(path: &Path) -> io::Result<String> {
-    let f = std::fs::File::open(path)?;
+    // O_NONBLOCK: a FIFO planted in a fake tree must not hang the walk.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
     let mut buf = Vec::with_capacity(64);
     f.take(MAX_ATTR).read_to_end(&mut buf)?;
     let s = String::from_utf8_lossy(&buf);
