@@ -6,12 +6,28 @@
 #   benches/run.sh attach discovery # some suites
 #   KNDKIT_BENCH_ROUNDS_SCALE=0.3 benches/run.sh   # fewer rounds
 #
-# Needs root. Build the extension in release mode first:
-#   .venv/bin/maturin develop --release
+# Needs root. By default builds a private release wheel of kndkit (in
+# target/bench, with maturin) and benchmarks that snapshot, so the numbers are
+# from a release build and a concurrent `maturin develop` cannot swap the module
+# mid-run. KNDKIT_BENCH_BUILD=0 snapshots the installed package instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+MATURIN=${MATURIN:-.venv/bin/maturin}
 OUT=benches/results
+SNAP=$(mktemp -d /tmp/knb-pkg.XXXXXX)
+trap 'rm -rf "$SNAP"' EXIT
+if [ "${KNDKIT_BENCH_BUILD:-1}" = 1 ]; then
+  echo "== building a release wheel (CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/bench})" >&2
+  CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/bench} \
+    "$MATURIN" build --release -q -i "$PY" -o "$SNAP/wheel" >&2
+  "$PY" -m zipfile -e "$SNAP"/wheel/*.whl "$SNAP/pkg"
+else
+  mkdir -p "$SNAP/pkg"
+  cp -r "$("$PY" -c 'import kndkit, os; print(os.path.dirname(kndkit.__file__))')" "$SNAP/pkg/"
+fi
+export PYTHONPATH="$SNAP/pkg${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" -c 'import kndkit._native as n; print("== kndkit._native from", n.__file__)' >&2
 SUITES=("$@")
 [ ${#SUITES[@]} -eq 0 ] && SUITES=(attach detach discovery cpu rss)
 mkdir -p "$OUT"

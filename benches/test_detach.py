@@ -17,7 +17,7 @@ from benches import env, impls
 from benches.conftest import label, require, rounds, run_rounds
 
 SIZES = (1, 8, 64)
-PHYSICAL_ROUNDS = {1: 15, 8: 8, 64: 4}
+PHYSICAL_ROUNDS = {1: 20, 8: 10, 64: 6}
 VIRTUAL_ROUNDS = {1: 20, 8: 15, 64: 8}
 CASES = [(n, impl) for n in SIZES for impl in impls.IMPLS]
 
