@@ -22,6 +22,10 @@ step "lint: Python (ruff check, ruff format, mypy --strict)"
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 
+step "lint: Go test peers (gofmt)"
+unformatted=$(gofmt -l tests/peers)
+if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
+
 step "Rust tests"
 cargo test --workspace --exclude kndkit-native --quiet
 
