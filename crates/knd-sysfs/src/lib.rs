@@ -18,10 +18,13 @@
 //! the walk; it becomes an entry of [`Topology::warnings`] and the fact is left
 //! absent. Only a missing sysfs root is an error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::CString;
 use std::ffi::OsStr;
 use std::fmt;
 use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -151,19 +154,123 @@ impl std::error::Error for SysfsError {}
 // ------------------------------------------------------------------ small helpers
 
 /// A sysfs attribute is at most one page; anything longer is cut there.
-const MAX_ATTR: u64 = 4096;
+const MAX_ATTR: usize = 4096;
 
-/// Reads a sysfs attribute (open + read + close, no stat), trimmed.
+/// Reads a sysfs attribute, trimmed: open, one read, close. sysfs hands out a
+/// whole attribute (at most a page) in one read, so no second read for EOF.
 fn read_attr(path: &Path) -> io::Result<String> {
     // O_NONBLOCK: a FIFO planted in a fake tree must not hang the walk.
-    let f = std::fs::OpenOptions::new()
+    let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
-    let mut buf = Vec::with_capacity(64);
-    f.take(MAX_ATTR).read_to_end(&mut buf)?;
-    let s = String::from_utf8_lossy(&buf);
+    read_file(&mut f)
+}
+
+/// One read of at most [`MAX_ATTR`] bytes, trimmed.
+fn read_file(f: &mut std::fs::File) -> io::Result<String> {
+    let mut buf = [0u8; MAX_ATTR];
+    let n = loop {
+        match f.read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+            Err(e) => return Err(e),
+        }
+    };
+    let s = String::from_utf8_lossy(&buf[..n]);
     Ok(s.trim().to_owned())
+}
+
+/// An open directory (`O_PATH`) whose entries are read with `openat`/
+/// `readlinkat`: the kernel walks the (deep) sysfs path once per device instead
+/// of once per attribute.
+struct Dir {
+    fd: OwnedFd,
+}
+
+impl Dir {
+    fn open(path: &Path) -> io::Result<Self> {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: valid NUL-terminated path; the result is checked.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor that nobody else owns.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn cname(name: &str) -> io::Result<CString> {
+        CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
+    /// Like [`read_attr`], for the entry `name` of this directory.
+    fn read(&self, name: &str) -> io::Result<String> {
+        let c = Self::cname(name)?;
+        // SAFETY: dirfd is open, c is NUL-terminated; the result is checked.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptor, closed when `f` drops.
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        read_file(&mut f)
+    }
+
+    /// An attribute that may be absent (see [`read_opt`]).
+    fn opt(&self, name: &str, who: &str, warnings: &mut Vec<String>) -> Option<String> {
+        match self.read(name) {
+            Ok(s) => Some(s),
+            Err(e) if is_absent(&e) => None,
+            Err(e) => {
+                warnings.push(format!("{who}: cannot read {name}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The target of symlink `name`; `Ok(None)` when it does not exist.
+    fn read_link(&self, name: &str) -> io::Result<Option<PathBuf>> {
+        let c = Self::cname(name)?;
+        let mut buf = [0u8; 4096];
+        // SAFETY: dirfd is open, buf is writable for its length.
+        let n = unsafe {
+            libc::readlinkat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if is_absent(&e) { Ok(None) } else { Err(e) };
+        }
+        let n = usize::try_from(n).unwrap_or(0);
+        Ok(Some(PathBuf::from(OsStr::from_bytes(&buf[..n]))))
+    }
+
+    /// The last component of symlink `name`'s target.
+    fn link_basename(&self, name: &str) -> io::Result<Option<String>> {
+        Ok(self
+            .read_link(name)?
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned())))
+    }
 }
 
 /// Reads an attribute that may legitimately be absent: `Ok(None)` when it does
@@ -213,15 +320,6 @@ fn follow(link: &Path) -> io::Result<Option<PathBuf>> {
         }
         Err(e) if is_absent(&e) => Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Some(link.to_path_buf())),
-        Err(e) => Err(e),
-    }
-}
-
-/// The last component of a symlink's target (`driver` -> `mlx5_core`).
-fn link_basename(link: &Path) -> io::Result<Option<String>> {
-    match std::fs::read_link(link) {
-        Ok(t) => Ok(t.file_name().map(|n| n.to_string_lossy().into_owned())),
-        Err(e) if is_absent(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -416,17 +514,24 @@ impl Walker {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let who = format!("pci {address}");
-        if !dir.is_dir() {
-            let msg = format!(
-                "{who}: {} does not exist (dangling device link)",
-                dir.display()
-            );
-            self.warnings.push(msg);
-            self.pci.insert(dir.to_path_buf(), None);
-            return None;
-        }
+        let d = match Dir::open(dir) {
+            Ok(d) => d,
+            Err(e) => {
+                let msg = if is_absent(&e) {
+                    format!(
+                        "{who}: {} does not exist (dangling device link)",
+                        dir.display()
+                    )
+                } else {
+                    format!("{who}: cannot open {}: {e}", dir.display())
+                };
+                self.warnings.push(msg);
+                self.pci.insert(dir.to_path_buf(), None);
+                return None;
+            }
+        };
         let w = &mut self.warnings;
-        let attr = |name: &str, w: &mut Vec<String>| read_opt(&dir.join(name), &who, w);
+        let attr = |name: &str, w: &mut Vec<String>| d.opt(name, &who, w);
         let vendor = attr("vendor", w);
         let device = attr("device", w);
         let sub_vendor = attr("subsystem_vendor", w);
@@ -445,11 +550,11 @@ impl Walker {
             sriov_numvfs: parse_num(info_numvfs, &who, "sriov_numvfs", w),
             ..PciInfo::default()
         };
-        match link_basename(&dir.join("driver")) {
-            Ok(d) => info.driver = d,
+        match d.link_basename("driver") {
+            Ok(drv) => info.driver = drv,
             Err(e) => w.push(format!("{who}: cannot read driver link: {e}")),
         }
-        match link_basename(&dir.join("physfn")) {
+        match d.link_basename("physfn") {
             Ok(p) => info.physfn = p,
             Err(e) => w.push(format!("{who}: cannot read physfn link: {e}")),
         }
@@ -463,7 +568,7 @@ impl Walker {
                 n = 0;
             }
             for i in 0..n {
-                match link_basename(&dir.join(format!("virtfn{i}"))) {
+                match d.link_basename(&format!("virtfn{i}")) {
                     Ok(Some(vf)) => info.virtfns.push(vf),
                     Ok(None) => {
                         w.push(format!(
@@ -502,7 +607,11 @@ impl Walker {
                 return Vec::new();
             }
         };
-        let rdma_cm = self.dev_root.join("infiniband/rdma_cm").exists();
+        // The nodes of <dev_root>/infiniband, listed once.
+        let present: HashSet<String> = list_dir(&self.dev_root.join("infiniband"))
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default();
+        let rdma_cm = present.contains("rdma_cm");
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let who = format!("rdma {name}");
@@ -583,7 +692,7 @@ impl Walker {
                     }
                 }
                 for e in verbs.into_iter().chain(umad).chain(issm) {
-                    if self.dev_root.join("infiniband").join(&e).exists() {
+                    if present.contains(&e) {
                         dev.char_devices.push(format!("/dev/infiniband/{e}"));
                     } else {
                         self.warnings.push(format!(
@@ -636,12 +745,18 @@ impl Walker {
                 return None;
             }
         };
-        if !dir.is_dir() {
+        let d = match Dir::open(&dir) {
+            Ok(d) => d,
             // `bonding_masters` and other plain files of class/net are no netdevs.
-            return None;
-        }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return None,
+            Err(e) => {
+                let msg = format!("{who}: cannot open {}: {e}", dir.display());
+                self.warnings.push(msg);
+                return None;
+            }
+        };
         let w = &mut self.warnings;
-        let attr = |a: &str, w: &mut Vec<String>| read_opt(&dir.join(a), &who, w);
+        let attr = |a: &str, w: &mut Vec<String>| d.opt(a, &who, w);
         let uevent = attr("uevent", w).unwrap_or_default();
         let uev = |key: &str| {
             uevent.lines().find_map(|l| {
@@ -669,7 +784,7 @@ impl Walker {
         nd.mtu = parse_num(attr("mtu", w), &who, "mtu", w).unwrap_or(0);
         nd.operstate = attr("operstate", w).unwrap_or_else(|| "unknown".into());
         let arptype: Option<u32> = parse_num(attr("type", w), &who, "type", w);
-        match link_basename(&dir.join("master")) {
+        match d.link_basename("master") {
             Ok(m) => nd.master = m,
             Err(e) => w.push(format!("{who}: cannot read master link: {e}")),
         }
@@ -685,8 +800,9 @@ impl Walker {
             }
             Err(e) => w.push(format!("{who}: cannot list {}: {e}", dir.display())),
         }
-        let device = match follow(&dir.join("device")) {
-            Ok(d) => d,
+        let device = match d.read_link("device") {
+            Ok(t) => t.map(|t| join_link(&dir, &t)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Some(dir.join("device")),
             Err(e) => {
                 w.push(format!("{who}: cannot read device link: {e}"));
                 None
