@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -36,28 +37,45 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False, timeout=60)
 
 
+def _ip_links() -> dict[str, dict[str, Any]]:
+    return {link["ifname"]: link for link in json.loads(ip("-j", "-d", "link", "show"))}
+
+
 def test_real_node_matches_ip_and_sysfs() -> None:
+    # Other tests may add or remove links in this namespace meanwhile: compare
+    # only the links that exist in both `ip` snapshots taken around discover().
+    before = _ip_links()
     found = discover()  # /sys: netlink on by default
-    assert found.warnings == []
-    links = json.loads(ip("-j", "-d", "link", "show"))
-    assert [(n.ifindex, n.name) for n in found.netdevs] == sorted(
-        (link["ifindex"], link["ifname"]) for link in links
-    )
-    by_ip = {link["ifname"]: link for link in links}
-    for n in found.netdevs:
-        link = by_ip[n.name]
+    after = _ip_links()
+    stable = {
+        name: link
+        for name, link in after.items()
+        if name in before and before[name]["ifindex"] == link["ifindex"]
+    }
+    assert "lo" in stable
+    by = {n.name: n for n in found.netdevs}
+    assert set(stable) <= set(by)
+    assert set(by) <= set(before) | set(after)
+    assert [n.ifindex for n in found.netdevs] == sorted(n.ifindex for n in found.netdevs)
+    assert not [w for w in found.warnings if any(name in w for name in stable)]
+    for name, link in stable.items():
+        n = by[name]
+        assert n.ifindex == link["ifindex"]
         assert n.mtu == link["mtu"]
-        assert n.operstate == link["operstate"].lower()
         if link.get("address") and link.get("link_type") != "none":
             assert n.mac == link["address"]
-    lo = next(n for n in found.netdevs if n.name == "lo")
+        if "master" in link:
+            assert n.master == link["master"]
+    lo = by["lo"]
     assert lo.kind == "loopback" and "127.0.0.1/8" in lo.addresses
     # the sysfs-only walk of the same /sys agrees on every PCI fact
     plain = {n.name: n for n in discover("/sys", netlink=False).netdevs}
-    for n in found.netdevs:
-        p = plain[n.name]
+    for name in stable:
+        n, p = by[name], plain.get(name)
+        if p is None:  # gone between the two walks
+            continue
         for field in ("pci_address", "vendor_id", "device_id", "driver", "numa_node", "pcie_root"):
-            assert getattr(n, field) == getattr(p, field), (n.name, field)
+            assert getattr(n, field) == getattr(p, field), (name, field)
         assert n.mac == p.mac and n.ifindex == p.ifindex
     # every netdev with a PCI parent sits under a root complex; NUMA is never -1
     for n in found.netdevs:

@@ -749,6 +749,8 @@ impl Walker {
             Ok(d) => d,
             // `bonding_masters` and other plain files of class/net are no netdevs.
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return None,
+            // Removed while we walked: it simply is not there any more.
+            Err(e) if is_absent(&e) => return None,
             Err(e) => {
                 let msg = format!("{who}: cannot open {}: {e}", dir.display());
                 self.warnings.push(msg);
