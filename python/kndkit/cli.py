@@ -32,7 +32,11 @@ def _node_name() -> str:
 
 def _cmd_discover(args: argparse.Namespace) -> int:
     ns = _native.NetNs.open(args.netns) if args.netns else None
-    topo = _native.discover(args.sysfs_root, dev_root=args.dev_root, ns=ns)
+    # A namespace is only visible through netlink; otherwise let discover() decide
+    # (netlink for the real /sys, a sysfs-only walk for a fake tree).
+    topo = _native.discover(
+        args.sysfs_root, dev_root=args.dev_root, ns=ns, netlink=True if ns else None
+    )
     devices = devices_from_discovery(
         topo, include_virtual=not args.physical_only, include_loopback=args.include_loopback
     )
