@@ -14,6 +14,4 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "python"))
 
-pytest_plugins = sorted(
-    f"peers.{p.stem}" for p in (ROOT / "tests" / "peers").glob("*_fixtures.py")
-)
+pytest_plugins = sorted(f"peers.{p.stem}" for p in (ROOT / "tests" / "peers").glob("*_fixtures.py"))
