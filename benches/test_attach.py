@@ -16,49 +16,36 @@ import pytest
 
 from benches import env, impls
 from benches.conftest import label, require, rounds, run_rounds
+from benches.scenarios import SCENARIOS
 
 SIZES = (1, 8, 64)
 PHYSICAL_ROUNDS = {1: 20, 8: 10, 64: 6}
 VIRTUAL_ROUNDS = {1: 30, 8: 20, 64: 10}
 CASES = [(n, impl) for n in SIZES for impl in impls.IMPLS]
+IDS = [f"N{n}-{i}" for n, i in CASES]
+
+
+def bench_event(benchmark, pair: env.Pair, event: str, n: int, impl: str, n_rounds: int) -> None:
+    require(impl)
+    label(benchmark, event, n, impl)
+    sc = SCENARIOS[event]
+    run_rounds(
+        benchmark,
+        impls.EVENTS[event][impl],
+        setup=lambda: (pair, sc.setup(pair, n)),
+        verify=sc.verify,
+        cleanup=lambda p, _ifaces: env.clean_pair(p),
+        rounds=rounds(n_rounds),
+    )
 
 
 @pytest.mark.netns
-@pytest.mark.parametrize(("n", "impl"), CASES, ids=[f"N{n}-{i}" for n, i in CASES])
+@pytest.mark.parametrize(("n", "impl"), CASES, ids=IDS)
 def test_attach_physical(benchmark, pair: env.Pair, n: int, impl: str) -> None:
-    require(impl)
-    label(benchmark, "attach_physical", n, impl)
-
-    def setup() -> tuple[env.Pair, list[env.Iface]]:
-        env.clean_pair(pair)
-        return pair, env.make_physical(pair, n)
-
-    run_rounds(
-        benchmark,
-        impls.EVENTS["attach_physical"][impl],
-        setup=setup,
-        verify=env.verify_attached,
-        cleanup=lambda p, _ifaces: env.clean_pair(p),
-        rounds=rounds(PHYSICAL_ROUNDS[n]),
-    )
+    bench_event(benchmark, pair, "attach_physical", n, impl, PHYSICAL_ROUNDS[n])
 
 
 @pytest.mark.netns
-@pytest.mark.parametrize(("n", "impl"), CASES, ids=[f"N{n}-{i}" for n, i in CASES])
+@pytest.mark.parametrize(("n", "impl"), CASES, ids=IDS)
 def test_attach_virtual(benchmark, pair: env.Pair, n: int, impl: str) -> None:
-    require(impl)
-    label(benchmark, "attach_virtual", n, impl)
-    ifaces = [env.Iface(i) for i in range(n)]
-
-    def setup() -> tuple[env.Pair, list[env.Iface]]:
-        env.clean_pair(pair)
-        return pair, ifaces
-
-    run_rounds(
-        benchmark,
-        impls.EVENTS["attach_virtual"][impl],
-        setup=setup,
-        verify=env.verify_attached,
-        cleanup=lambda p, _ifaces: env.clean_pair(p),
-        rounds=rounds(VIRTUAL_ROUNDS[n]),
-    )
+    bench_event(benchmark, pair, "attach_virtual", n, impl, VIRTUAL_ROUNDS[n])
