@@ -33,8 +33,11 @@ def _root_and_stale() -> None:
     env.remove_stale()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def pair() -> Iterator[env.Pair]:
+    """One host/pod pair per module: deleting a namespace leaves the kernel
+    cleaning it up in the background (under RTNL), which would bleed into the
+    next benchmark's rounds. Every round's setup empties both namespaces."""
     with env.pair_of_namespaces(f"{next(_counter)}") as p:
         yield p
 
@@ -60,10 +63,12 @@ def run_rounds(
     verify: Callable[..., None],
     cleanup: Callable[..., None],
     rounds: int,
+    warmup: int = 0,
 ) -> Any:
     """``benchmark.pedantic`` with a setup per round, a check after every round,
     and a cleanup that also happens when the target fails or when pytest-benchmark
-    is disabled (it then skips its own teardown)."""
+    is disabled (it then skips its own teardown). ``warmup`` rounds run the same
+    way first and are not counted."""
     pending: list[tuple[Any, ...]] = []
 
     def _setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -82,7 +87,9 @@ def run_rounds(
 
     ok = False
     try:
-        result = benchmark.pedantic(target, setup=_setup, teardown=_teardown, rounds=rounds)
+        result = benchmark.pedantic(
+            target, setup=_setup, teardown=_teardown, rounds=rounds, warmup_rounds=warmup
+        )
         ok = True
     finally:
         while pending:

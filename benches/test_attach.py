@@ -36,6 +36,7 @@ def bench_event(benchmark, pair: env.Pair, event: str, n: int, impl: str, n_roun
         verify=sc.verify,
         cleanup=lambda p, _ifaces: env.clean_pair(p),
         rounds=rounds(n_rounds),
+        warmup=1,
     )
 
 

@@ -13,6 +13,7 @@ from benches.peers import rawnl
 
 @pytest.mark.netns
 def test_verify_attached_catches_a_missing_route(pair: env.Pair) -> None:
+    env.clean_pair(pair)
     ifaces = env.make_physical(pair, 2)
     impls.attach_physical_raw(pair, ifaces)
     env.verify_attached(pair, ifaces)
@@ -29,6 +30,7 @@ def test_verify_attached_catches_a_missing_route(pair: env.Pair) -> None:
 
 @pytest.mark.netns
 def test_verify_restored_catches_a_link_left_in_the_pod(pair: env.Pair) -> None:
+    env.clean_pair(pair)
     ifaces = env.make_physical(pair, 2)
     impls.attach_physical_raw(pair, ifaces)
     impls.detach_physical_raw(pair, ifaces[:1])
@@ -49,4 +51,5 @@ def test_raw_floor_reports_every_refused_request(pair: env.Pair) -> None:
             rawnl.apply_batches([(fd, b)])
     finally:
         os.close(fd)
+        env.ip("-n", pair.pod.name, "addr", "flush", "dev", "lo")
     assert exc.value.failures == [(1, errno.ENODEV), (3, errno.EEXIST)]
