@@ -346,3 +346,181 @@ def test_encode_is_exact_for_a_link_set(env: Env) -> None:
             "0800" "0400" "78050000"  # IFLA_MTU 1400
         )
     ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- rollback of moved links
+
+
+def _ipj(ns_name: str, *args: str) -> Any:
+    import json
+
+    out = _ip("-n", ns_name, "-j", *args).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def full_state(ns_name: str) -> dict[str, Any]:
+    """The host as `ip` shows it: links, every address attribute, routes of every
+    table (nexthops of multipath routes sorted), rules, permanent neighbours.
+    IPv6 link-local housekeeping (fe80::, ff00::/8) is left out: the kernel
+    re-creates it when the link comes back."""
+    import json
+
+    def j(x: Any) -> str:
+        return json.dumps(x, sort_keys=True)
+
+    links = sorted(
+        j({k: lk.get(k) for k in ("ifname", "mtu", "address", "flags", "ifalias", "group")})
+        for lk in _ipj(ns_name, "link", "show")
+    )
+    addrs = sorted(
+        j({"dev": i["ifname"], **a})
+        for i in _ipj(ns_name, "addr", "show")
+        for a in i.get("addr_info", [])
+        if not a["local"].startswith("fe80")
+    )
+    routes = []
+    for fam in ("-4", "-6"):
+        for r in _ipj(ns_name, fam, "route", "show", "table", "all"):
+            if r["dst"].startswith(("fe80", "ff00", "ff02")):
+                continue
+            if r.get("dev") == "lo" and fam == "-6" and r.get("type") == "local":
+                continue
+            if "nexthops" in r:
+                r["nexthops"] = sorted(r["nexthops"], key=j)
+            routes.append(j(r))
+    rules = sorted(j(r) for fam in ("-4", "-6") for r in _ipj(ns_name, fam, "rule", "show"))
+    neighs = sorted(j(n) for n in _ipj(ns_name, "neigh", "show", "nud", "permanent"))
+    return {
+        "links": links,
+        "addrs": addrs,
+        "routes": sorted(routes),
+        "rules": rules,
+        "neighs": neighs,
+    }
+
+
+def configured_host(env: Env) -> None:
+    """nic0 carries IPv4 (with broadcast) and IPv6 addresses, a gateway route and
+    a default route in main, routes in table 100 (v4 and v6), a rule, permanent
+    neighbours, and ECMP routes shared with nic1 (which stays)."""
+    env.add_nics(2)
+    h = ["-n", env.host_name]
+    for cmd in [
+        "addr add 192.168.50.5/24 brd + dev nic0",
+        "addr add 192.168.52.5/24 dev nic0 label nic0:x",
+        "addr add fd00:50::5/64 dev nic0 nodad",
+        "addr add 192.168.51.5/24 dev nic1",
+        "addr add fd00:51::5/64 dev nic1 nodad",
+        "route add 10.60.0.0/16 via 192.168.50.1 dev nic0 proto static metric 20",
+        "route add default via 192.168.50.1 dev nic0 metric 300",
+        "route add 10.62.0.0/16 dev nic0 src 192.168.50.5",
+        "route add 10.61.0.0/16 dev nic0 table 100",
+        "route add default via 192.168.50.254 dev nic0 table 100",
+        "route add 10.70.0.0/16 nexthop via 192.168.50.1 dev nic0 nexthop via 192.168.51.1 dev nic1",
+        "-6 route add fd00:60::/48 via fd00:50::1 dev nic0",
+        "-6 route add fd00:61::/48 dev nic0 table 100 metric 7",
+        "-6 route add fd00:70::/48 nexthop via fd00:50::1 dev nic0 nexthop via fd00:51::1 dev nic1",
+        "rule add from 192.168.50.0/24 lookup 100 priority 500",
+        "neigh add 192.168.50.1 lladdr 02:00:00:00:50:01 dev nic0 nud permanent",
+        "-6 neigh add fd00:50::1 lladdr 02:00:00:00:50:02 dev nic0 nud permanent router",
+        "neigh add 192.168.51.1 lladdr 02:00:00:00:51:01 dev nic1 nud permanent",
+    ]:
+        _ip(*h, *cmd.split())
+
+
+def test_failed_plan_restores_routes_and_neighbours_of_a_moved_nic(env: Env) -> None:
+    configured_host(env)
+    before = full_state(env.host_name)
+    assert any("10.61.0.0/16" in r and '"table": "100"' in r for r in before["routes"])
+    assert len(before["neighs"]) == 3
+    steps = [
+        nl.move("nic0", env.pod, name="net0", mtu=1400, ns=env.host),  # 0
+        nl.addr_add("net0", "10.0.0.2/24", ns=env.pod),  # 1
+        nl.set_up("net0", ns=env.pod),  # 2
+        nl.route_add("10.99.0.0/16", gateway="10.77.0.1", ns=env.pod),  # 3: unreachable
+    ]
+    with pytest.raises(NetlinkError) as ei:
+        nl.apply(steps)
+    e = ei.value
+    assert e.step_index == 3 and e.errno_name == "ENETUNREACH"
+    assert e.rolled_back is True, e.rollback_errors
+    after = full_state(env.host_name)
+    for k in before:
+        assert after[k] == before[k], k
+    assert [lk["name"] for lk in nl.dump_links(env.pod)] == ["lo"]
+    # The kernel-made connected routes came back from the addresses, not from us:
+    # nothing is doubled.
+    assert len(after["routes"]) == len(set(after["routes"]))
+
+
+def test_moving_two_nics_of_one_namespace_takes_one_snapshot(env: Env) -> None:
+    configured_host(env)
+    before = full_state(env.host_name)
+    steps = [
+        nl.move("nic0", env.pod, name="net0", ns=env.host),
+        nl.move("nic1", env.pod, name="net1", ns=env.host),
+        nl.set_up("net0", ns=env.pod),
+        nl.route_add("10.99.0.0/16", gateway="10.77.0.1", ns=env.pod),
+    ]
+    with pytest.raises(NetlinkError) as ei:
+        nl.apply(steps)
+    assert ei.value.rolled_back is True, ei.value.rollback_errors
+    assert full_state(env.host_name) == before
+
+
+@pytest.mark.parametrize("flushed", [False, True], ids=["same-batch", "sent-before-move"])
+def test_address_route_neighbour_added_before_the_move_are_undone(
+    env: Env, flushed: bool
+) -> None:
+    configured_host(env)
+    before = full_state(env.host_name)
+    steps = [
+        nl.addr_add("nic0", "10.80.0.5/24", ns=env.host),
+        nl.addr_add("nic0", "fd00:80::5/64", flags=["nodad"], ns=env.host),
+        nl.route_add("10.81.0.0/16", gateway="10.80.0.1", ns=env.host),
+        nl.route_add("10.82.0.0/16", ifname="nic0", table=100, ns=env.host),
+        nl.neigh_add("nic0", "10.80.0.1", "02:00:00:00:80:01", ns=env.host),
+        # undone by re-adding what the step names: name all of it
+        nl.route_del(
+            "10.60.0.0/16", gateway="192.168.50.1", metric=20, protocol="static", ns=env.host
+        ),
+    ]
+    if flushed:
+        # A step in another namespace sends the host batch before the move: the
+        # snapshot then holds the plan's own additions (and not the deleted route).
+        steps.append(nl.addr_add("lo", "127.0.0.2/8", ns=env.pod))
+    steps += [
+        nl.move("nic0", env.pod, name="net0", ns=env.host),
+        nl.set_up("net0", ns=env.pod),
+        nl.route_add("10.99.0.0/16", gateway="10.77.0.1", ns=env.pod),
+    ]
+    with pytest.raises(NetlinkError) as ei:
+        nl.apply(steps)
+    e = ei.value
+    assert e.step_index == len(steps) - 1
+    assert e.rolled_back is True, e.rollback_errors
+    assert e.rollback_errors == []
+    assert full_state(env.host_name) == before
+
+
+def test_a_restore_the_kernel_refuses_is_reported(env: Env) -> None:
+    configured_host(env)
+    # A step deletes nic1 after the move: the ECMP route over nic0 and nic1
+    # cannot come back, and the deletion itself cannot be undone.
+    steps = [
+        nl.move("nic0", env.pod, name="net0", ns=env.host),
+        nl.delete_link("sw1", ns=env.host),
+        nl.route_add("10.99.0.0/16", gateway="10.77.0.1", ns=env.pod),
+    ]
+    with pytest.raises(NetlinkError) as ei:
+        nl.apply(steps)
+    e = ei.value
+    assert e.rolled_back is False
+    assert any("link_del" in m for m in e.rollback_errors), e.rollback_errors
+    assert any("10.70.0.0/16" in m and "not restored" in m for m in e.rollback_errors), (
+        e.rollback_errors
+    )
+    # the rest of nic0 came back all the same
+    addrs = {a["cidr"] for a in nl.dump_addresses(env.host)}
+    assert "192.168.50.5/24" in addrs
+    assert any(r["dst"] == "10.61.0.0/16" for r in nl.dump_routes(env.host, table=100))

@@ -279,7 +279,7 @@ pub fn encode_link_get(e: &mut Enc<'_>, seq: u32, ifindex: i32, name: Option<&st
     e.end_msg(m);
 }
 
-fn encode_addr_dump(e: &mut Enc<'_>, seq: u32) {
+pub(crate) fn encode_addr_dump(e: &mut Enc<'_>, seq: u32) {
     let m = e.begin_msg(
         wire::RTM_GETADDR,
         wire::NLM_F_REQUEST | wire::NLM_F_DUMP,
@@ -289,7 +289,7 @@ fn encode_addr_dump(e: &mut Enc<'_>, seq: u32) {
     e.end_msg(m);
 }
 
-fn encode_route_dump(e: &mut Enc<'_>, seq: u32, family: u8, table: Option<u32>) {
+pub(crate) fn encode_route_dump(e: &mut Enc<'_>, seq: u32, family: u8, table: Option<u32>) {
     let m = e.begin_msg(
         wire::RTM_GETROUTE,
         wire::NLM_F_REQUEST | wire::NLM_F_DUMP,
@@ -314,7 +314,7 @@ fn encode_rule_dump(e: &mut Enc<'_>, seq: u32, family: u8) {
     e.end_msg(m);
 }
 
-fn encode_neigh_dump(e: &mut Enc<'_>, seq: u32, family: u8) {
+pub(crate) fn encode_neigh_dump(e: &mut Enc<'_>, seq: u32, family: u8) {
     let m = e.begin_msg(
         wire::RTM_GETNEIGH,
         wire::NLM_F_REQUEST | wire::NLM_F_DUMP,

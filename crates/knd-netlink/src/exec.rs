@@ -14,9 +14,10 @@ use std::os::fd::AsRawFd;
 
 use knd_netns::NetNs;
 
-use crate::dump::{self, AddrInfo, LinkInfo};
+use crate::dump::{self, LinkInfo};
 use crate::error::{ErrorKind, NlError};
-use crate::plan::{self, Addr, Kind, LinkRef, LinkSet, Op, Resolved};
+use crate::plan::{self, Kind, LinkRef, LinkSet, Op, Resolved};
+use crate::snapshot::{self, LinkState, Snapshot};
 use crate::sock::{Conn, Reply};
 use crate::wire::{self, Enc};
 
@@ -78,7 +79,8 @@ struct Restore {
     ifindex: i32,
     prior: LinkInfo,
     set: LinkSet,
-    addrs: Vec<AddrInfo>,
+    /// For a move: what the source namespace held for the link.
+    state: LinkState,
 }
 
 struct Item {
@@ -92,7 +94,10 @@ struct Space {
     ns: NetNs,
     here: bool,
     conn: Option<Conn>,
-    addrs: Option<Vec<AddrInfo>>,
+    /// Taken before the first move out of this namespace.
+    snap: Option<Snapshot>,
+    /// Links the plan moved out of this namespace so far (ifindex).
+    moved_out: Vec<i32>,
 }
 
 struct Engine<'p> {
@@ -250,7 +255,8 @@ impl<'p> Engine<'p> {
             ns: here,
             here: true,
             conn: None,
-            addrs: None,
+            snap: None,
+            moved_out: Vec::new(),
         }];
         let mut map = Vec::with_capacity(plan.namespaces.len());
         for ns in &plan.namespaces {
@@ -262,7 +268,8 @@ impl<'p> Engine<'p> {
                         ns: ns.try_clone()?,
                         here: false,
                         conn: None,
-                        addrs: None,
+                        snap: None,
+                        moved_out: Vec::new(),
                     });
                     spaces.len() - 1
                 }
@@ -631,20 +638,20 @@ impl<'p> Engine<'p> {
                 };
                 let after = s.netns.map(|k| self.map[k]).unwrap_or(sp);
                 let moved = after != sp;
-                let addrs = if moved {
-                    if self.spaces[sp].addrs.is_none() {
-                        let a = self.conn(sp)?.addresses()?;
-                        self.spaces[sp].addrs = Some(a);
+                let state = if moved {
+                    if self.spaces[sp].snap.is_none() {
+                        let snap = Snapshot::take(self.conn(sp)?)?;
+                        self.spaces[sp].snap = Some(snap);
                     }
-                    let all = self.spaces[sp].addrs.as_deref().unwrap_or(&[]);
-                    all.iter()
-                        .filter(|a| {
-                            a.ifindex == t.ifindex && a.flags & 0x80 != 0 && !is_link_local(a)
-                        })
-                        .cloned()
-                        .collect()
+                    let space = &mut self.spaces[sp];
+                    let st = match &space.snap {
+                        Some(snap) => snap.of_link(t.ifindex, &space.moved_out),
+                        None => LinkState::default(),
+                    };
+                    space.moved_out.push(t.ifindex);
+                    st
                 } else {
-                    Vec::new()
+                    LinkState::default()
                 };
                 Undo::Restore(Box::new(Restore {
                     before: sp,
@@ -653,7 +660,7 @@ impl<'p> Engine<'p> {
                     ifindex: t.ifindex,
                     prior: t.clone(),
                     set: s.clone(),
-                    addrs,
+                    state,
                 }))
             }
             Op::LinkDel(_) => Undo::Impossible("a deleted link cannot be recreated"),
@@ -874,7 +881,10 @@ impl<'p> Engine<'p> {
                         LinkRef::Index(x) => *x,
                     };
                 }
-                self.send_one(*space, op, r, &|k| fds[k])
+                match self.send_one(*space, op, r, &|k| fds[k]) {
+                    Err(e) if already_undone(op, e.errno) => Ok(()),
+                    other => other,
+                }
             }
             Undo::Restore(rs) => {
                 let moved = rs.after != rs.before;
@@ -905,30 +915,11 @@ impl<'p> Engine<'p> {
                     other: 0,
                 };
                 self.send_one(rs.after, &Op::LinkSet(back), r, &|k| fds[k])?;
-                if moved && !rs.addrs.is_empty() {
+                if moved && !rs.state.is_empty() {
                     let idx = self.index_now(rs.before, &p.name)?;
-                    for a in &rs.addrs {
-                        let op = Op::Addr(Addr {
-                            add: true,
-                            link: LinkRef::Index(idx),
-                            ip: a.address,
-                            prefix: a.prefixlen,
-                            flags: a.flags
-                                & (wire::IFA_F_NODAD
-                                    | wire::IFA_F_NOPREFIXROUTE
-                                    | wire::IFA_F_HOMEADDRESS
-                                    | wire::IFA_F_MANAGETEMPADDR),
-                            scope: a.scope,
-                        });
-                        self.send_one(
-                            rs.before,
-                            &op,
-                            Resolved {
-                                target: idx,
-                                other: 0,
-                            },
-                            &|k| fds[k],
-                        )?;
+                    let errs = snapshot::restore(self.conn(rs.before)?, &rs.state, idx)?;
+                    if !errs.is_empty() {
+                        return Err(NlError::new(ErrorKind::Netlink, errs.join("; ")));
                     }
                 }
                 Ok(())
@@ -937,9 +928,17 @@ impl<'p> Engine<'p> {
     }
 }
 
-fn is_link_local(a: &AddrInfo) -> bool {
-    match a.address {
-        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+/// Whether `errno`, answered to the inverse `op` of a completed step, means the
+/// step's effect is already gone (or already back). A move's undo restores
+/// its link's addresses, routes and neighbours from the snapshot taken before
+/// the move, which may or may not include what earlier steps of the plan added
+/// or removed on that link: the undo of those steps then finds its work done.
+fn already_undone(op: &Op, errno: i32) -> bool {
+    match op {
+        Op::Addr(a) if !a.add => errno == libc::EADDRNOTAVAIL || errno == libc::ENOENT,
+        Op::Route(r) if !r.add => errno == libc::ESRCH || errno == libc::ENOENT,
+        Op::Neigh(n) if !n.add => errno == libc::ENOENT,
+        Op::Addr(_) | Op::Route(_) | Op::Neigh(_) => errno == libc::EEXIST,
         _ => false,
     }
 }

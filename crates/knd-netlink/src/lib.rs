@@ -20,6 +20,7 @@ pub mod dump;
 pub mod error;
 pub mod exec;
 pub mod plan;
+mod snapshot;
 pub mod sock;
 pub mod wire;
 

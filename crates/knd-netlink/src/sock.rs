@@ -17,6 +17,9 @@ const SNDBUF: i32 = 4 << 20;
 const RCVBUF: i32 = 8 << 20;
 const RECV_BUF_LEN: usize = 1 << 20;
 
+/// Writes one dump request with the given sequence number.
+pub type DumpRequest<'a> = &'a dyn Fn(&mut wire::Enc<'_>, u32);
+
 /// What the kernel answered to one request of a batch.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -257,6 +260,74 @@ impl Conn {
                 }
             }
         }
+    }
+}
+
+impl Conn {
+    /// Several dumps in one `sendmsg`: calls `each(k, type, payload)` for every
+    /// record of request `k` until all have ended. The kernel runs one dump per
+    /// socket at a time, so a request that arrives while an earlier one is still
+    /// in progress is refused with EBUSY; such requests are repeated one by one
+    /// afterwards (small dumps finish inside the first reply, and the whole set
+    /// then costs one `sendmsg`).
+    pub fn dump_many(
+        &mut self,
+        reqs: &[DumpRequest<'_>],
+        mut each: impl FnMut(usize, u16, &[u8]),
+    ) -> Result<(), NlError> {
+        let n = reqs.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let first = self.next_seqs(n as u32);
+        let mut out = Vec::with_capacity(48 * n);
+        {
+            let mut e = wire::Enc::new(&mut out);
+            for (k, build) in reqs.iter().enumerate() {
+                build(&mut e, first.wrapping_add(k as u32));
+            }
+        }
+        self.send_raw(&out)?;
+        let mut ended = vec![false; n];
+        let mut busy = Vec::new();
+        let mut failed: Option<NlError> = None;
+        let mut open = n;
+        while open > 0 {
+            let len = self.recv_datagram()?;
+            for (hdr, payload) in wire::messages(&self.buf[..len]) {
+                let Some(k) = index_of(hdr.seq, first, n) else {
+                    continue;
+                };
+                if ended[k] {
+                    continue;
+                }
+                match hdr.ty {
+                    wire::NLMSG_DONE => {
+                        ended[k] = true;
+                        open -= 1;
+                    }
+                    wire::NLMSG_ERROR => {
+                        match parse_reply(&hdr, payload) {
+                            Some(Reply::Err(libc::EBUSY, _)) => busy.push(k),
+                            Some(Reply::Err(errno, msg)) if failed.is_none() => {
+                                failed = Some(NlError::kernel("netlink dump", errno, &msg));
+                            }
+                            _ => {}
+                        }
+                        ended[k] = true;
+                        open -= 1;
+                    }
+                    ty => each(k, ty, payload),
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for k in busy {
+            self.dump(|e, s| reqs[k](e, s), |ty, p| each(k, ty, p))?;
+        }
+        Ok(())
     }
 }
 
