@@ -416,7 +416,8 @@ def configured_host(env: Env) -> None:
         "route add 10.62.0.0/16 dev nic0 src 192.168.50.5",
         "route add 10.61.0.0/16 dev nic0 table 100",
         "route add default via 192.168.50.254 dev nic0 table 100",
-        "route add 10.70.0.0/16 nexthop via 192.168.50.1 dev nic0 nexthop via 192.168.51.1 dev nic1",
+        "route add 10.70.0.0/16 nexthop via 192.168.50.1 dev nic0"
+        " nexthop via 192.168.51.1 dev nic1",
         "-6 route add fd00:60::/48 via fd00:50::1 dev nic0",
         "-6 route add fd00:61::/48 dev nic0 table 100 metric 7",
         "-6 route add fd00:70::/48 nexthop via fd00:50::1 dev nic0 nexthop via fd00:51::1 dev nic1",
@@ -469,9 +470,7 @@ def test_moving_two_nics_of_one_namespace_takes_one_snapshot(env: Env) -> None:
 
 
 @pytest.mark.parametrize("flushed", [False, True], ids=["same-batch", "sent-before-move"])
-def test_address_route_neighbour_added_before_the_move_are_undone(
-    env: Env, flushed: bool
-) -> None:
+def test_address_route_neighbour_added_before_the_move_are_undone(env: Env, flushed: bool) -> None:
     configured_host(env)
     before = full_state(env.host_name)
     steps = [
