@@ -150,17 +150,21 @@ def rss_table(rows: list[dict[str, Any]]) -> list[str]:
         "| vs bare interpreter MB | vs raw floor MB | target | verdict |",
         "|---|---:|---:|---:|---|---|",
     ]
-    for impl in ("baseline", "raw", "kndkit"):
+    for impl in ("baseline", "raw", "kndkit_native", "kndkit"):
         r = rss.get(impl)
         if r is None:
             continue
         kb = r["vmhwm_kb"]
         d_base = f"{(kb - base) / 1024:+.1f}" if base else "-"
         d_floor = f"{(kb - floor) / 1024:+.1f}" if floor else "-"
-        is_target = impl == "kndkit"
+        is_target = impl == "kndkit_native"
         target = f"< {RSS_TARGET_MB:g} MB over the floor" if is_target else "-"
         v = verdict([(kb - floor) / 1024 < RSS_TARGET_MB]) if is_target and floor else "-"
-        name = {"baseline": "bare interpreter (no attach)"}.get(impl, HEADINGS.get(impl, impl))
+        name = {
+            "baseline": "bare interpreter (no attach)",
+            "kndkit_native": "kndkit extension module alone",
+            "kndkit": "kndkit (`import kndkit._native`: package too)",
+        }.get(impl, HEADINGS.get(impl, impl))
         lines.append(f"| {name} | {kb / 1024:.1f} | {d_base} | {d_floor} | {target} | {v} |")
     return lines
 

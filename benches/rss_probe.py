@@ -1,9 +1,11 @@
 """Peak RSS of one physical attach, run in a fresh interpreter (used by test_rss).
 
-    python benches/rss_probe.py {kndkit|raw|baseline} SPEC.json
+    python benches/rss_probe.py {kndkit|kndkit_native|raw|baseline} SPEC.json
 
-SPEC names the host and pod namespaces and the interfaces. ``kndkit`` imports
-only ``kndkit._native`` and applies the plan; ``raw`` imports only the raw
+SPEC names the host and pod namespaces and the interfaces. ``kndkit`` does
+``import kndkit._native`` (which runs the package's ``__init__`` first) and
+applies the plan; ``kndkit_native`` loads the extension module alone (the Rust
+path without the Python package around it); ``raw`` imports only the raw
 floor (``benches/peers/rawnl.py``, loaded by path) and sends the same batches;
 ``baseline`` attaches nothing. Prints ``{"vmhwm_kb": ..., "vmrss_kb": ...}``.
 """
@@ -24,13 +26,34 @@ def _status() -> dict[str, int]:
     return out
 
 
+def _load_native(alone: bool):  # type: ignore[no-untyped-def]
+    if not alone:
+        import kndkit._native as native
+
+        return native
+    import glob
+    import importlib.machinery
+    import importlib.util
+
+    pkg = importlib.util.find_spec("kndkit")  # finds the package without importing it
+    assert pkg is not None and pkg.submodule_search_locations
+    so = glob.glob(f"{next(iter(pkg.submodule_search_locations))}/_native*.so")[0]
+    loader = importlib.machinery.ExtensionFileLoader("kndkit._native", so)
+    spec = importlib.util.spec_from_loader("kndkit._native", loader)
+    assert spec is not None
+    native = importlib.util.module_from_spec(spec)
+    loader.exec_module(native)
+    assert "kndkit" not in sys.modules
+    return native
+
+
 def main() -> None:
     mode, spec_path = sys.argv[1], sys.argv[2]
     with open(spec_path) as fh:
         spec = json.load(fh)
     ifaces = spec["ifaces"]
-    if mode == "kndkit":
-        import kndkit._native as native
+    if mode in ("kndkit", "kndkit_native"):
+        native = _load_native(mode == "kndkit_native")
 
         with native.NetNs.open(spec["host"]) as h, native.NetNs.open(spec["pod"]) as p:
             steps = [
