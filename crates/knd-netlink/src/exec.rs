@@ -356,12 +356,16 @@ impl<'p> Engine<'p> {
         }
         let mut created: HashSet<(usize, String)> = HashSet::new();
         let mut need: Vec<Vec<(usize, LinkRef)>> = vec![Vec::new(); self.spaces.len()];
+        // Each distinct link is looked up once per namespace, however many steps
+        // name it (errors are attributed to the first step that does).
+        let mut seen: HashSet<(usize, &LinkRef)> = HashSet::new();
         for (i, s) in plan.steps.iter().enumerate() {
             let sp = self.space_of(s.ns);
             let (a, b) = s.op.refs();
             for l in [a, b].into_iter().flatten() {
                 match l {
                     LinkRef::Name(n) if created.contains(&(sp, n.clone())) => {}
+                    _ if !seen.insert((sp, l)) => {}
                     _ => need[sp].push((i, l.clone())),
                 }
             }

@@ -7,7 +7,7 @@ use crate::error::NlError;
 use crate::wire::{self, Enc};
 
 /// A link addressed by name (resolved in the step's namespace) or by index.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LinkRef {
     Name(String),
     Index(i32),
