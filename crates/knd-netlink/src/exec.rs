@@ -118,6 +118,8 @@ struct Engine<'p> {
     sends: usize,
     results: Vec<StepResult>,
     done_count: usize,
+    /// Take a snapshot of a namespace before moving links out of it (for rollback).
+    snapshots: bool,
 }
 
 /// Executes `plan`. On failure the completed steps are undone (when `rollback`)
@@ -138,6 +140,8 @@ pub fn apply(plan: &Plan, rollback: bool) -> Result<Outcome, NlError> {
         }
     }
     let mut eng = Engine::new(plan)?;
+    // Without rollback nothing will be restored: skip the snapshot of what moves.
+    eng.snapshots = rollback;
     eng.prepare()?;
     match eng.run() {
         Ok(()) => Ok(Outcome {
@@ -278,6 +282,7 @@ impl<'p> Engine<'p> {
         }
         Ok(Self {
             plan,
+            snapshots: true,
             spaces,
             map,
             cache: HashMap::new(),
@@ -352,6 +357,17 @@ impl<'p> Engine<'p> {
                 if let Err(e) = self.spaces[sp].ns.ensure_alive() {
                     return Err(step_err(ErrorKind::Namespace, i, &s.op, e.message));
                 }
+            }
+        }
+        // Sockets for every other namespace of the plan, opened on one thread.
+        let want: Vec<usize> = (0..self.spaces.len())
+            .filter(|&k| !self.spaces[k].here && self.spaces[k].conn.is_none())
+            .collect();
+        if want.len() > 1 {
+            let nss: Vec<&NetNs> = want.iter().map(|&k| &self.spaces[k].ns).collect();
+            let conns = Conn::open_each(&nss)?;
+            for (k, c) in want.into_iter().zip(conns) {
+                self.spaces[k].conn = Some(c);
             }
         }
         let mut created: HashSet<(usize, String)> = HashSet::new();
@@ -642,7 +658,7 @@ impl<'p> Engine<'p> {
                 };
                 let after = s.netns.map(|k| self.map[k]).unwrap_or(sp);
                 let moved = after != sp;
-                let state = if moved {
+                let state = if moved && self.snapshots {
                     if self.spaces[sp].snap.is_none() {
                         let snap = Snapshot::take(self.conn(sp)?)?;
                         self.spaces[sp].snap = Some(snap);

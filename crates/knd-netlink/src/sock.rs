@@ -124,6 +124,14 @@ impl Conn {
         }
     }
 
+    /// One socket inside each of `namespaces`, all opened on a single
+    /// short-lived thread.
+    pub fn open_each(namespaces: &[&NetNs]) -> Result<Vec<Self>, NlError> {
+        NetNs::run_in_each(namespaces, |_| Self::open_here())?
+            .into_iter()
+            .collect()
+    }
+
     /// Reserves `n` consecutive sequence numbers and returns the first.
     pub fn next_seqs(&mut self, n: u32) -> u32 {
         let first = self.seq;
