@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use knd_netlink::plan::{self, Addr, Kind, LinkRef, LinkSet, Neigh, NewLink, Op, Route, Rule};
 use knd_netlink::{wire, ErrorKind, NlError, Plan, Step};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::errors::{invalid_argument, knd_err};
 use crate::py_netns::PyNetNs;
@@ -98,6 +98,9 @@ fn with_attrs(class: &str, e: &NlError) -> PyErr {
 
 struct Parser {
     namespaces: Vec<knd_netns::NetNs>,
+    /// Handle objects already seen (address, namespace index); the steps
+    /// list keeps them alive for the whole parse.
+    seen: Vec<(usize, usize)>,
 }
 
 type Res<T> = Result<T, String>;
@@ -113,12 +116,22 @@ impl Parser {
                 type_name(v)
             )));
         };
-        let ns = h.get().clone_inner()?;
-        if let Some(i) = self.namespaces.iter().position(|n| n.same_as(&ns)) {
+        // A plan usually names the same one or two handle objects in every
+        // step: recognise them by identity before duplicating any descriptor.
+        let ptr = v.as_ptr() as usize;
+        if let Some(&(_, i)) = self.seen.iter().find(|(p, _)| *p == ptr) {
             return Ok(Some(i));
         }
-        self.namespaces.push(ns);
-        Ok(Some(self.namespaces.len() - 1))
+        let ns = h.get().clone_inner()?;
+        let i = match self.namespaces.iter().position(|n| n.same_as(&ns)) {
+            Some(i) => i,
+            None => {
+                self.namespaces.push(ns);
+                self.namespaces.len() - 1
+            }
+        };
+        self.seen.push((ptr, i));
+        Ok(Some(i))
     }
 }
 
@@ -175,13 +188,83 @@ fn allowed(op: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-struct D<'a, 'py> {
-    d: &'a Bound<'py, PyDict>,
+/// Every key any step may carry: a step's dict is read once into slots
+/// indexed by position here (no Python string is created per lookup).
+const KEYS: &[&str] = &[
+    "op",
+    "ns",
+    "ifname",
+    "ifindex",
+    "name",
+    "mtu",
+    "mac",
+    "up",
+    "alias",
+    "group",
+    "netns",
+    "gso_max_size",
+    "gro_max_size",
+    "peer_name",
+    "peer_ns",
+    "peer_mac",
+    "peer_group",
+    "link",
+    "mode",
+    "flags",
+    "vlan_id",
+    "protocol",
+    "address",
+    "scope",
+    "dst",
+    "gateway",
+    "src",
+    "table",
+    "metric",
+    "family",
+    "priority",
+    "iif",
+    "oif",
+    "fwmark",
+    "lladdr",
+    "state",
+];
+
+fn key_id(k: &str) -> Option<usize> {
+    KEYS.iter().position(|x| *x == k)
 }
 
-impl<'py> D<'_, 'py> {
+/// One step's dict, read in a single pass.
+struct D<'py> {
+    /// `Some` for every key present (its value may be `None`).
+    slots: Vec<Option<Bound<'py, PyAny>>>,
+}
+
+impl<'py> D<'py> {
+    fn new(d: &Bound<'py, PyDict>) -> Res<Self> {
+        let mut slots: Vec<Option<Bound<'py, PyAny>>> = vec![None; KEYS.len()];
+        for (k, v) in d.iter() {
+            let Ok(ks) = k.cast::<PyString>() else {
+                return Err("keys must be strings".into());
+            };
+            let s = ks
+                .to_str()
+                .map_err(|_| "keys must be strings".to_string())?;
+            let id = key_id(s).ok_or_else(|| format!("unknown key {s:?}"))?;
+            slots[id] = Some(v);
+        }
+        Ok(Self { slots })
+    }
+    /// The keys present in the dict.
+    fn present(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.slots
+            .iter()
+            .zip(KEYS)
+            .filter(|(v, _)| v.is_some())
+            .map(|(_, k)| *k)
+    }
     fn get(&self, k: &str) -> Option<Bound<'py, PyAny>> {
-        self.d.get_item(k).ok().flatten().filter(|v| !v.is_none())
+        let id = key_id(k)?;
+        self.slots[id].as_ref().filter(|v| !v.is_none()).cloned()
     }
     fn str(&self, k: &str) -> Res<Option<String>> {
         match self.get(k) {
@@ -338,21 +421,21 @@ fn parse_step(p: &mut Parser, i: usize, obj: &Bound<'_, PyAny>) -> PyResult<Step
     let d = obj.cast::<PyDict>().map_err(|_| {
         invalid_argument(format!("step {i}: expected a dict, got {}", type_name(obj)))
     })?;
-    let dd = D { d };
+    let dd = D::new(d).map_err(|m| {
+        let op = d
+            .get_item("op")
+            .ok()
+            .flatten()
+            .and_then(|o| o.extract::<String>().ok())
+            .unwrap_or_else(|| "?".into());
+        fail(&op, m)
+    })?;
     let op = dd.req_str("op").map_err(|m| fail("?", m))?;
     let Some(keys) = allowed(&op) else {
         return Err(fail(&op, format!("unknown op {op:?}")));
     };
-    for k in d.keys() {
-        let k: String = k
-            .extract()
-            .map_err(|_| fail(&op, "keys must be strings".into()))?;
-        if !(k == "op"
-            || k == "ns"
-            || k == "ifname"
-            || k == "ifindex"
-            || keys.contains(&k.as_str()))
-        {
+    for k in dd.present() {
+        if !(k == "op" || k == "ns" || k == "ifname" || k == "ifindex" || keys.contains(&k)) {
             return Err(fail(&op, format!("unknown key {k:?}")));
         }
     }
@@ -545,6 +628,7 @@ fn parse_step(p: &mut Parser, i: usize, obj: &Bound<'_, PyAny>) -> PyResult<Step
 fn parse_plan(steps: &Bound<'_, PyAny>) -> PyResult<Plan> {
     let mut p = Parser {
         namespaces: Vec::new(),
+        seen: Vec::new(),
     };
     let mut out = Vec::new();
     for (i, s) in steps.try_iter()?.enumerate() {
@@ -571,11 +655,16 @@ fn apply<'py>(
     d.set_item("steps", out.steps)?;
     d.set_item("sendmsg", out.sendmsg)?;
     let results = PyList::empty(py);
+    let (k_index, k_op, k_ifindex) = (
+        pyo3::intern!(py, "index"),
+        pyo3::intern!(py, "op"),
+        pyo3::intern!(py, "ifindex"),
+    );
     for r in out.results {
         let x = PyDict::new(py);
-        x.set_item("index", r.index)?;
-        x.set_item("op", r.op)?;
-        x.set_item("ifindex", r.ifindex)?;
+        x.set_item(k_index, r.index)?;
+        x.set_item(k_op, r.op)?;
+        x.set_item(k_ifindex, r.ifindex)?;
         results.append(x)?;
     }
     d.set_item("results", results)?;
