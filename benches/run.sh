@@ -44,4 +44,10 @@ for suite in "${SUITES[@]}"; do
   [ -s "$OUT/${suite}.json" ] && jsons+=("$OUT/${suite}.json")
 done
 [ ${#jsons[@]} -gt 0 ] && "$PY" benches/report.py "${jsons[@]}" | tee "$OUT/report.md"
+# User-space cost per request in instructions (exact, unlike the tick-sampled
+# ru_utime split), converted to time with encode()'s native rate.
+if command -v valgrind >/dev/null && { [ ${#SUITES[@]} -eq 0 ] || [[ " ${SUITES[*]} " == *" cpu "* ]]; }; then
+  echo "== instructions per request (callgrind)" >&2
+  "$PY" benches/instructions.py --json "$OUT/instructions.json" | tee -a "$OUT/report.md" || status=$?
+fi
 exit $status
