@@ -91,7 +91,7 @@ def test_discover(benchmark, links: tuple[env.Netns, str], impl: str) -> None:
     if impl == "kndkit":
         native = impls.kndkit_discover()
         if native is None:
-            pytest.skip("kndkit._native.discover is not built yet")
+            pytest.fail("kndkit._native is not importable or lacks discover: build it first")
 
         def target() -> Any:
             with native.NetNs.open(ns.path) as h:
@@ -158,7 +158,7 @@ def test_discover_sysfs(benchmark, links: tuple[env.Netns, str], impl: str) -> N
     if impl == "kndkit":
         native = impls.kndkit_discover()
         if native is None:
-            pytest.skip("kndkit._native.discover is not built yet")
+            pytest.fail("kndkit._native is not importable or lacks discover: build it first")
 
         def target() -> Any:
             return native.discover(mnt, netlink=False)
