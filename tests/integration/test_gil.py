@@ -5,7 +5,8 @@ eight moves keeps ``apply`` busy for a long while. A Python thread counting in
 the background must keep its pace during that call. With the GIL held it would
 stand still (apart from the switch-interval slack, made tiny here): measured the
 same way, a C call that holds the GIL for 200 ms lets it reach ~2% of its pace,
-one that releases it ~100%.
+one that releases it ~100%. The test takes the best of several calls and
+asks for 15%.
 """
 
 from __future__ import annotations
@@ -46,9 +47,6 @@ class Pace:
         self._old = sys.getswitchinterval()
         sys.setswitchinterval(1e-4)
         self._t.start()
-        b = self.count
-        time.sleep(0.05)
-        self.rate = (self.count - b) / 0.05
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -57,10 +55,14 @@ class Pace:
         sys.setswitchinterval(self._old)
 
     def share(self, fn: Callable[[], object]) -> float:
+        # The free pace is measured right before the call, under the same load.
+        b = self.count
+        time.sleep(0.02)
+        rate = (self.count - b) / 0.02
         b = self.count
         t0 = time.perf_counter()
         fn()
-        return (self.count - b) / (self.rate * (time.perf_counter() - t0))
+        return (self.count - b) / (rate * (time.perf_counter() - t0))
 
 
 def test_apply_and_discover_release_the_gil() -> None:
@@ -71,13 +73,16 @@ def test_apply_and_discover_release_the_gil() -> None:
         for i in range(8):
             _ip("-n", host_name, "link", "add", f"n{i}", "type", "veth", "peer", "name", f"s{i}")
         host, pod = NetNs.open(f"/run/netns/{host_name}"), NetNs.open(f"/run/netns/{pod_name}")
+        moves = [nl.move(f"n{i}", pod, name=f"net{i}", ns=host) for i in range(8)]
+        back = [nl.move(f"net{i}", host, name=f"n{i}", ns=pod) for i in range(8)]
+        shares = []
         with Pace() as pace:
-            moves = [nl.move(f"n{i}", pod, name=f"net{i}", ns=host) for i in range(8)]
-            apply_share = pace.share(lambda: nl.apply(moves))
-            back = [nl.move(f"net{i}", host, name=f"n{i}", ns=pod) for i in range(8)]
-            pace.share(lambda: nl.apply(back))
+            for _ in range(3):
+                shares.append(pace.share(lambda: nl.apply(moves)))
+                shares.append(pace.share(lambda: nl.apply(back)))
         assert len([lk for lk in nl.dump_links(host) if lk["name"].startswith("n")]) == 8
-        assert apply_share > 0.3, apply_share
+        # Held GIL: ~0.02. Released: ~1 (less on a loaded machine).
+        assert max(shares) > 0.15, shares
     finally:
         _ip("netns", "del", pod_name)
         _ip("netns", "del", host_name)
@@ -87,4 +92,4 @@ def test_discover_releases_the_gil() -> None:
     with Pace() as pace:
         shares = [pace.share(discover) for _ in range(20)]
     # discover() is short (milliseconds); take the best of several calls.
-    assert max(shares) > 0.3, shares
+    assert max(shares) > 0.15, shares
