@@ -1,0 +1,23 @@
+"""kndkit.dra: the kubelet side of Dynamic Resource Allocation (registration, DRA v1/v1beta1, health)."""
+
+from kndkit.dra.types import (
+    ClaimRef,
+    DeviceHealth,
+    DRAHandler,
+    HealthSource,
+    HealthStatus,
+    PreparedDevice,
+    PrepareResult,
+    UnprepareResult,
+)
+
+__all__ = [
+    "ClaimRef",
+    "DRAHandler",
+    "DeviceHealth",
+    "HealthSource",
+    "HealthStatus",
+    "PrepareResult",
+    "PreparedDevice",
+    "UnprepareResult",
+]
