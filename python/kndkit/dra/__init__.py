@@ -1,4 +1,4 @@
-"""kndkit.dra: the kubelet side of Dynamic Resource Allocation (registration, DRA v1/v1beta1, health)."""
+"""kndkit.dra: the kubelet side of DRA (registration, DRA v1 and v1beta1, health)."""
 
 from kndkit.dra.types import (
     ClaimRef,
