@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the NRI runtime-side test peer (nri-harness) and the test plugin
-# (netdev-injector) against containerd/nri v0.12.x (go.mod) and v0.11.x
+# Build the NRI runtime-side test peer (nri-harness), the test plugin
+# (netdev-injector) and the benchmark's Go anchor plugin (bench-plugin) against containerd/nri v0.12.x (go.mod) and v0.11.x
 # (go.v011.mod), into tests/peers/bin/.
 #
 #   tests/peers/nri/build.sh            # both versions
@@ -26,19 +26,26 @@ for v in "${versions[@]}"; do
     v011) modfile=go.v011.mod; tags=nri_no_wasm,nri_v011 ;;
     *) echo "build.sh: unknown version '$v' (want v012 or v011)" >&2; exit 2 ;;
   esac
-  outs=("$bin/nri-harness-$v" "$bin/nri-netdev-injector-$v")
-  # Up to date: both binaries exist and no input is newer than the older one.
-  if [ -z "${FORCE:-}" ] && [ -x "${outs[0]}" ] && [ -x "${outs[1]}" ]; then
-    oldest="${outs[0]}"; [ "${outs[1]}" -ot "$oldest" ] && oldest="${outs[1]}"
+  outs=("$bin/nri-harness-$v" "$bin/nri-netdev-injector-$v" "$bin/nri-bench-plugin-$v")
+  # Up to date: every binary exists and no input is newer than the oldest one.
+  uptodate=
+  if [ -z "${FORCE:-}" ]; then
+    uptodate=1; oldest="${outs[0]}"
+    for o in "${outs[@]}"; do
+      [ -x "$o" ] || { uptodate=; break; }
+      [ "$o" -ot "$oldest" ] && oldest="$o"
+    done
+  fi
+  if [ -n "$uptodate" ]; then
     if [ -z "$(find "$here/cmd" "$here/$modfile" "$here/${modfile%.mod}.sum" "$here/build.sh" -newer "$oldest" -print -quit)" ]; then
       echo "build.sh: $v up to date" >&2
       continue
     fi
   fi
   start=$(date +%s.%N)
-  for cmd in nri-harness netdev-injector; do
+  for cmd in nri-harness netdev-injector bench-plugin; do
     out="$bin/$cmd-$v"
-    [ "$cmd" = netdev-injector ] && out="$bin/nri-netdev-injector-$v"
+    [ "$cmd" = nri-harness ] || out="$bin/nri-$cmd-$v"
     (cd "$here" && go build -modfile="$modfile" -tags "$tags" -trimpath -buildvcs=false \
       -o "$out.tmp.$$" "./cmd/$cmd")
     mv -f "$out.tmp.$$" "$out"

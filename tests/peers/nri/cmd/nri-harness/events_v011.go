@@ -62,3 +62,32 @@ var events = map[string]eventFn{
 		(*adaptation.Adaptation).StopContainer),
 	"remove_container": stateChange((*adaptation.Adaptation).RemoveContainer),
 }
+
+// benchEvents are the events the bench command can relay repeatedly. In v0.11
+// RunPodSandbox travels as a StateChangeEvent.
+var benchEvents = map[string]benchEvent{
+	"run_pod_sandbox": func(nri *adaptation.Adaptation, line []byte) (func() benchCall, error) {
+		evt := &api.StateChangeEvent{}
+		if err := decodeInto(line, evt, "pod"); err != nil {
+			return nil, err
+		}
+		return func() benchCall {
+			e := proto.Clone(evt).(*api.StateChangeEvent)
+			return func(ctx context.Context) (proto.Message, error) {
+				return nil, nri.RunPodSandbox(ctx, e)
+			}
+		}, nil
+	},
+	"create_container": func(nri *adaptation.Adaptation, line []byte) (func() benchCall, error) {
+		req := &api.CreateContainerRequest{}
+		if err := decodeInto(line, req, "pod", "container"); err != nil {
+			return nil, err
+		}
+		return func() benchCall {
+			r := proto.Clone(req).(*api.CreateContainerRequest)
+			return func(ctx context.Context) (proto.Message, error) {
+				return nri.CreateContainer(ctx, r)
+			}
+		}, nil
+	},
+}

@@ -70,3 +70,31 @@ var events = map[string]eventFn{
 	"remove_container": noReply(func() *api.RemoveContainerRequest { return &api.RemoveContainerRequest{} },
 		(*adaptation.Adaptation).RemoveContainer),
 }
+
+// benchEvents are the events the bench command can relay repeatedly.
+var benchEvents = map[string]benchEvent{
+	"run_pod_sandbox": func(nri *adaptation.Adaptation, line []byte) (func() benchCall, error) {
+		req := &api.RunPodSandboxRequest{}
+		if err := decodeInto(line, req, "pod"); err != nil {
+			return nil, err
+		}
+		return func() benchCall {
+			r := proto.Clone(req).(*api.RunPodSandboxRequest)
+			return func(ctx context.Context) (proto.Message, error) {
+				return nil, nri.RunPodSandbox(ctx, r)
+			}
+		}, nil
+	},
+	"create_container": func(nri *adaptation.Adaptation, line []byte) (func() benchCall, error) {
+		req := &api.CreateContainerRequest{}
+		if err := decodeInto(line, req, "pod", "container"); err != nil {
+			return nil, err
+		}
+		return func() benchCall {
+			r := proto.Clone(req).(*api.CreateContainerRequest)
+			return func(ctx context.Context) (proto.Message, error) {
+				return nri.CreateContainer(ctx, r)
+			}
+		}, nil
+	},
+}

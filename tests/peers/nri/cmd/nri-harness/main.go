@@ -7,6 +7,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"sort"
 	"strings"
@@ -387,6 +389,8 @@ func (h *harness) handle(ctx context.Context, line []byte) (result any, err erro
 		}
 		h.failNext = append(h.failNext, body.FailNext...)
 		return map[string]any{"updates": got}, nil, false
+	case "bench":
+		return h.bench(ctx, line)
 	case "shutdown":
 		h.nri.Stop()
 		return map[string]any{}, nil, true
@@ -403,6 +407,94 @@ func (h *harness) handle(ctx context.Context, line []byte) (result any, err erro
 		return map[string]any{}, nil, false
 	}
 	return mustMarshal(res), nil, false
+}
+
+// benchCall is one prepared round trip: the request is already decoded and
+// cloned, so only the adaptation call itself remains to be timed.
+type benchCall func(context.Context) (proto.Message, error)
+
+// benchEvent makes a fresh benchCall for each call from a decoded request;
+// the version-specific files provide benchEvents (event name -> factory).
+type benchEvent func(r *adaptation.Adaptation, line []byte) (func() benchCall, error)
+
+// bench relays the same event `warmup` + `count` times through the
+// adaptation and reports the duration of each counted call, measured around
+// the adaptation call only (no JSON, no stdin/stdout in the timed part).
+func (h *harness) bench(ctx context.Context, line []byte) (any, error, bool) {
+	var body struct {
+		ID        json.RawMessage `json:"id"`
+		Cmd       string          `json:"cmd"`
+		Event     string          `json:"event"`
+		Count     int             `json:"count"`
+		Warmup    int             `json:"warmup"`
+		Pod       json.RawMessage `json:"pod"`
+		Container json.RawMessage `json:"container"`
+	}
+	body.Count = 1000
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		return nil, fmt.Errorf("bench: %w", err), false
+	}
+	if body.Count < 1 || body.Count > 1_000_000 || body.Warmup < 0 || body.Warmup > 1_000_000 {
+		return nil, fmt.Errorf("bench: count must be 1..1000000 and warmup 0..1000000, got %d and %d",
+			body.Count, body.Warmup), false
+	}
+	mk, ok := benchEvents[body.Event]
+	if !ok {
+		names := make([]string, 0, len(benchEvents))
+		for n := range benchEvents {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return nil, fmt.Errorf("bench: unknown event %q (have %v)", body.Event, names), false
+	}
+	fresh, err := mk(h.nri, line)
+	if err != nil {
+		return nil, err, false
+	}
+	h.mu.Lock()
+	before := h.live()
+	h.mu.Unlock()
+
+	var last proto.Message
+	ns := make([]int64, 0, body.Count)
+	for i := 0; i < body.Warmup+body.Count; i++ {
+		if i == body.Warmup {
+			// start the counted calls without garbage left from the warm-up
+			runtime.GC()
+		}
+		call := fresh()
+		start := time.Now()
+		res, err := call(ctx)
+		elapsed := time.Since(start)
+		if err != nil {
+			return nil, fmt.Errorf("bench: call %d of %d (warm-up %d): %w",
+				i+1, body.Warmup+body.Count, body.Warmup, err), false
+		}
+		if i >= body.Warmup {
+			ns = append(ns, elapsed.Nanoseconds())
+		}
+		last = res
+	}
+
+	h.mu.Lock()
+	after := h.live()
+	h.mu.Unlock()
+	result := map[string]any{
+		"event":        body.Event,
+		"count":        body.Count,
+		"warmup":       body.Warmup,
+		"ns":           ns,
+		"live_before":  nonNil(before),
+		"live_after":   nonNil(after),
+		"last_reply":   json.RawMessage("{}"),
+		"go_max_procs": runtime.GOMAXPROCS(0),
+	}
+	if last != nil {
+		result["last_reply"] = mustMarshal(last)
+	}
+	return result, nil, false
 }
 
 func nonNil(s []string) []string {
