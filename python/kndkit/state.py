@@ -1,0 +1,437 @@
+"""A crash-safe store of prepared claims and their plans (SQLite, standard library).
+
+Every state change is one SQLite transaction, committed (``synchronous=FULL`` in
+WAL mode: the write-ahead log is fsynced at each commit) before the method
+returns, so the caller acts only on state that survives a crash or a power cut.
+A claim goes through these phases::
+
+    (absent) --put(PREPARING)--> PREPARING --put(PREPARED)--> PREPARED
+    PREPARED --set_phase(UNPREPARING)--> UNPREPARING --delete--> (absent)
+
+A record left in ``PREPARING`` or ``UNPREPARING`` (see :meth:`StateStore.pending`)
+tells the next process that a crash interrupted that step; the claim service
+resolves it on start (``ClaimService.replay``).
+
+Several processes may open the same file at once (a rolling update runs two
+driver instances on one node): WAL lets readers run beside a writer, writers take
+the database lock with ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout`` for
+each other.
+
+Threads and asyncio: one :class:`StateStore` may be used from several threads (an
+internal lock serialises its connection). Reads take microseconds and are fine on
+the event loop thread. A write waits for one ``fsync`` of the WAL, measured at
+0.2-0.4 ms (p50-p99) on the project's ext4 virtual disk but unbounded on a
+busy disk, where it would stall every other task of the event loop: async callers
+should run writes with :func:`asyncio.to_thread` (which adds about 0.07 ms), as
+the claim service does.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import enum
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kndkit.dra.types import ClaimRef, PreparedDevice
+from kndkit.errors import InvalidArgument, KndError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ClaimPhase",
+    "ClaimRecord",
+    "StateError",
+    "StateStore",
+]
+
+log = logging.getLogger("kndkit.state")
+
+#: The schema this code writes. A file with a higher version is refused.
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS claims (
+    uid TEXT PRIMARY KEY NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    phase TEXT NOT NULL CHECK (phase IN ('preparing', 'prepared', 'unpreparing')),
+    devices TEXT NOT NULL,
+    plans TEXT NOT NULL,
+    pod_uids TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+_COLUMNS = "uid, namespace, name, phase, devices, plans, pod_uids, created_at, updated_at"
+
+
+class StateError(KndError):
+    """The state file cannot be used: damaged, from a newer kndkit, locked too long, unreadable."""
+
+
+class ClaimPhase(enum.StrEnum):
+    """Where a claim stands; the values are what the file stores."""
+
+    PREPARING = "preparing"
+    """Prepare started and may have been interrupted; nothing was reported to the kubelet."""
+    PREPARED = "prepared"
+    """Prepare finished; the devices were (or will be) reported to the kubelet."""
+    UNPREPARING = "unpreparing"
+    """Unprepare started and may have been interrupted."""
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    """One claim in the store.
+
+    ``plans`` is JSON data (dicts with string keys, lists, strings, numbers,
+    booleans, ``None``) that the store keeps without looking inside; tuples are
+    accepted and come back as lists. ``created_at``/``updated_at`` are Unix
+    seconds, set by the store when left at 0.
+    """
+
+    uid: str
+    namespace: str
+    name: str
+    phase: ClaimPhase
+    devices: tuple[PreparedDevice, ...] = ()
+    plans: Any = None
+    pod_uids: tuple[str, ...] = ()
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def ref(self) -> ClaimRef:
+        """The claim as the kubelet names it."""
+        return ClaimRef(self.namespace, self.name, self.uid)
+
+    @classmethod
+    def for_claim(
+        cls,
+        ref: ClaimRef,
+        phase: ClaimPhase,
+        *,
+        devices: Iterable[PreparedDevice] = (),
+        plans: Any = None,
+        pod_uids: Iterable[str] = (),
+    ) -> ClaimRecord:
+        """A record for ``ref`` (timestamps filled in by :meth:`StateStore.put`)."""
+        return cls(
+            ref.uid,
+            ref.namespace,
+            ref.name,
+            ClaimPhase(phase),
+            tuple(devices),
+            plans,
+            tuple(pod_uids),
+        )
+
+
+# --------------------------------------------------------------------------- JSON helpers
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """``a`` (as given) equals ``b`` (decoded), tuples counting as lists, NaN never equal."""
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same_json, a, b))
+    if isinstance(a, Mapping):
+        return (
+            isinstance(b, dict)
+            and all(isinstance(k, str) for k in a)
+            and a.keys() == b.keys()
+            and all(_same_json(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, bool) or a is None or isinstance(a, str):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int):
+        return type(b) is int and a == b
+    if isinstance(a, float):
+        return isinstance(b, float) and math.isfinite(a) and a == b
+    return False
+
+
+def _encode_plans(uid: str, plans: Any) -> str:
+    try:
+        text = json.dumps(plans, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"claim {uid}: plans are not JSON data: {e}") from None
+    if not _same_json(plans, json.loads(text)):
+        raise InvalidArgument(
+            f"claim {uid}: plans do not survive a JSON round trip (non-string dict keys, "
+            "a subclass of a JSON type, or another value JSON cannot represent exactly)"
+        )
+    return text
+
+
+def _encode_devices(devices: Sequence[PreparedDevice]) -> str:
+    return json.dumps(
+        [
+            {
+                "pool": d.pool_name,
+                "device": d.device_name,
+                "requests": list(d.request_names),
+                "cdi": list(d.cdi_device_ids),
+                "share_id": d.share_id,
+            }
+            for d in devices
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _decode_devices(text: str) -> tuple[PreparedDevice, ...]:
+    return tuple(
+        PreparedDevice(
+            pool_name=str(d["pool"]),
+            device_name=str(d["device"]),
+            request_names=tuple(str(r) for r in d["requests"]),
+            cdi_device_ids=tuple(str(c) for c in d["cdi"]),
+            share_id=None if d["share_id"] is None else str(d["share_id"]),
+        )
+        for d in json.loads(text)
+    )
+
+
+def _check_record(rec: ClaimRecord) -> None:
+    for attr in ("uid", "namespace", "name"):
+        value = getattr(rec, attr)
+        if not isinstance(value, str) or not value:
+            raise InvalidArgument(f"claim record {rec.uid!r}: {attr} must be a non-empty string")
+    if not isinstance(rec.phase, ClaimPhase):
+        raise InvalidArgument(f"claim {rec.uid}: phase {rec.phase!r} is not a ClaimPhase")
+    for d in rec.devices:
+        if not isinstance(d, PreparedDevice):
+            raise InvalidArgument(f"claim {rec.uid}: device {d!r} is not a PreparedDevice")
+    for p in rec.pod_uids:
+        if not isinstance(p, str):
+            raise InvalidArgument(f"claim {rec.uid}: pod uid {p!r} is not a string")
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class StateStore:
+    """Prepared claims in one SQLite file; see the module docstring for the guarantees.
+
+    ``StateStore(path)`` opens (creating it and its directory, mode 0700, when
+    missing) and checks the file; it raises :class:`StateError` for a file that
+    is not a kndkit state database, is damaged, or was written by a newer schema.
+    ``busy_timeout`` is how long a write waits for another process's write.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> None:
+        self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path,
+                timeout=busy_timeout,
+                isolation_level=None,  # transactions are explicit (BEGIN IMMEDIATE)
+                check_same_thread=False,  # guarded by self._lock
+            )
+        except sqlite3.Error as e:
+            raise StateError(f"state file {self.path}: cannot open: {e}") from None
+        try:
+            self._setup()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # ---- opening
+
+    def _setup(self) -> None:
+        db = self._db
+        try:
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StateError(f"state file {self.path}: WAL journal mode refused ({mode})")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            check = db.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                raise StateError(
+                    f"state file {self.path} is damaged (quick_check: "
+                    f"{'; '.join(str(r[0]) for r in check[:5])}); move it away to start empty"
+                )
+            with self._transaction():
+                # executescript() would commit on its own: one statement at a time.
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                row = db.execute("SELECT version FROM schema_version WHERE id = 1").fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO schema_version (id, version) VALUES (1, ?)",
+                        (SCHEMA_VERSION,),
+                    )
+                elif int(row[0]) > SCHEMA_VERSION:
+                    raise StateError(
+                        f"state file {self.path} has schema version {row[0]}, newer than "
+                        f"this kndkit understands ({SCHEMA_VERSION}); run a newer kndkit or "
+                        "move the file away"
+                    )
+                elif int(row[0]) < 1:
+                    raise StateError(f"state file {self.path}: bad schema version {row[0]}")
+        except sqlite3.DatabaseError as e:
+            raise StateError(
+                f"state file {self.path} is not a usable kndkit state database: {e}"
+            ) from None
+
+    # ---- plumbing
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StateError(f"state file {self.path}: cannot start a write: {e}") from None
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException as e:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise StateError(f"state file {self.path}: write failed: {e}") from None
+            raise
+
+    def _row(self, row: Sequence[Any]) -> ClaimRecord:
+        uid = str(row[0])
+        try:
+            return ClaimRecord(
+                uid=uid,
+                namespace=str(row[1]),
+                name=str(row[2]),
+                phase=ClaimPhase(row[3]),
+                devices=_decode_devices(row[4]),
+                plans=json.loads(row[5]),
+                pod_uids=tuple(str(p) for p in json.loads(row[6])),
+                created_at=float(row[7]),
+                updated_at=float(row[8]),
+            )
+        except (ValueError, TypeError, KeyError) as e:
+            raise StateError(
+                f"state file {self.path}: record of claim {uid} is damaged: {e}"
+            ) from None
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[ClaimRecord]:
+        with self._lock:
+            try:
+                rows = self._db.execute(sql, args).fetchall()
+            except sqlite3.ProgrammingError as e:
+                raise StateError(f"state file {self.path}: {e}") from None
+            except sqlite3.DatabaseError as e:
+                raise StateError(f"state file {self.path}: read failed: {e}") from None
+        return [self._row(r) for r in rows]
+
+    # ---- reads
+
+    def get(self, uid: str) -> ClaimRecord | None:
+        """The record of claim ``uid``, or ``None``."""
+        recs = self._query(f"SELECT {_COLUMNS} FROM claims WHERE uid = ?", (uid,))
+        return recs[0] if recs else None
+
+    def list(self) -> builtins.list[ClaimRecord]:
+        """Every record, oldest first."""
+        return self._query(f"SELECT {_COLUMNS} FROM claims ORDER BY created_at, uid")
+
+    def pending(self) -> builtins.list[ClaimRecord]:
+        """Records whose last step may have been interrupted (PREPARING or UNPREPARING)."""
+        return self._query(
+            f"SELECT {_COLUMNS} FROM claims WHERE phase != ? ORDER BY created_at, uid",
+            (ClaimPhase.PREPARED.value,),
+        )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM claims").fetchone()[0])
+
+    # ---- writes (each one committed and synced before it returns)
+
+    def put(self, record: ClaimRecord) -> ClaimRecord:
+        """Insert or replace ``record``; return it as stored (with timestamps).
+
+        Raises :class:`~kndkit.errors.InvalidArgument` (nothing written) for a
+        record whose plans are not JSON data or whose fields are malformed.
+        """
+        _check_record(record)
+        plans = _encode_plans(record.uid, record.plans)
+        devices = _encode_devices(record.devices)
+        pods = json.dumps(list(record.pod_uids))
+        now = time.time()
+        with self._lock, self._transaction() as db:
+            row = db.execute(
+                "SELECT created_at FROM claims WHERE uid = ?", (record.uid,)
+            ).fetchone()
+            created = record.created_at or (float(row[0]) if row else now)
+            db.execute(
+                f"INSERT OR REPLACE INTO claims ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.uid,
+                    record.namespace,
+                    record.name,
+                    record.phase.value,
+                    devices,
+                    plans,
+                    pods,
+                    created,
+                    now,
+                ),
+            )
+        return replace(record, created_at=created, updated_at=now, plans=json.loads(plans))
+
+    def set_phase(self, uid: str, phase: ClaimPhase) -> ClaimRecord:
+        """Move claim ``uid`` to ``phase``; raise :class:`StateError` if it has no record."""
+        phase = ClaimPhase(phase)
+        now = time.time()
+        with self._lock, self._transaction() as db:
+            cur = db.execute(
+                "UPDATE claims SET phase = ?, updated_at = ? WHERE uid = ?",
+                (phase.value, now, uid),
+            )
+            if cur.rowcount != 1:
+                raise StateError(f"state file {self.path}: no record of claim {uid}")
+            row = db.execute(f"SELECT {_COLUMNS} FROM claims WHERE uid = ?", (uid,)).fetchone()
+        return self._row(row)
+
+    def delete(self, uid: str) -> bool:
+        """Forget claim ``uid``; ``True`` if there was a record."""
+        with self._lock, self._transaction() as db:
+            cur = db.execute("DELETE FROM claims WHERE uid = ?", (uid,))
+            return cur.rowcount > 0
+
+    # ---- lifecycle
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"StateStore({self.path!r})"
