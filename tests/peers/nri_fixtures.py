@@ -32,6 +32,13 @@ Fixtures:
     against ``runtime.socket``; returns a :class:`NRIPlugin`. Stopped at
     teardown.
 
+``nri_bench_plugin_factory`` (function)
+    ``factory(runtime, idx="10", name="bench-go", version=None)`` starts the
+    benchmark's Go anchor plugin (``nri-bench-plugin-<v>``: no-op
+    RunPodSandbox, 4 device adjustments on CreateContainer, see
+    :data:`BENCH_DEVICES`) against ``runtime.socket``; returns a
+    :class:`NRIBenchPlugin`. Stopped at teardown.
+
 ``nri_pod_netns`` (function)
     ``factory()`` -> ``/var/run/netns/<name>`` made with ``ip netns add``; every
     namespace is deleted at teardown.
@@ -40,7 +47,10 @@ Fixtures:
     ``factory()`` -> ``(host_name, peer_name)`` of a fresh veth pair in the host
     namespace; deleted at teardown wherever the links ended up.
 
-Helper: :func:`make_pod` builds a pod in the NRI API's JSON field names.
+Helpers: :func:`make_pod` builds a pod in the NRI API's JSON field names;
+:meth:`NRIRuntime.bench` relays one event many times and returns the per-call
+durations the harness measured in Go (:class:`BenchResult`, with
+:func:`bench_stats` for percentiles).
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import pathlib
 import queue
@@ -104,6 +115,72 @@ class NRIHarnessGone(Exception):
 class NRIBinaries:
     harness: pathlib.Path
     netdev_injector: pathlib.Path
+    bench_plugin: pathlib.Path
+
+
+# What the bench plugin (and any plugin benchmarked against it) adds to every
+# created container, in the harness's result form (protojson, proto names:
+# int64 as strings, file mode 0666 = 438).
+BENCH_DEVICES: tuple[dict[str, Any], ...] = tuple(
+    {
+        "path": f"/dev/infiniband/uverbs{i}",
+        "type": "c",
+        "major": "231",
+        "minor": str(192 + i),
+        "file_mode": {"value": 0o666},
+    }
+    for i in range(4)
+)
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One ``bench`` command: ``count`` round trips after ``warmup`` uncounted ones.
+
+    ``ns`` holds each counted call's duration in nanoseconds, measured by the
+    harness in Go around the adaptation call alone (runtime -> plugin ->
+    runtime, including the adaptation's merge of the reply; no JSON or pipe
+    in it). ``live_before``/``live_after`` are the plugins live around the
+    calls: a plugin dropped in between (request timeout) makes later calls
+    skip it, so a changed list means the numbers are not round trips.
+    ``differing_replies`` counts calls (warm-up included) whose reply differs
+    from the last one's: 0 when every call got the same adjustments.
+    """
+
+    event: str
+    count: int
+    warmup: int
+    ns: tuple[int, ...]
+    live_before: tuple[str, ...]
+    live_after: tuple[str, ...]
+    last_reply: dict[str, Any]
+    differing_replies: int
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-quantile (0..1) of already sorted values, linearly interpolated
+    between closest ranks (numpy's default method)."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be within 0..1, got {q}")
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
+
+
+def bench_stats(ns: Sequence[int]) -> dict[str, float]:
+    """p50/p90/p99/mean/min/max in microseconds of per-call durations in ns."""
+    xs = sorted(ns)
+    return {
+        "p50_us": percentile(xs, 0.50) / 1e3,
+        "p90_us": percentile(xs, 0.90) / 1e3,
+        "p99_us": percentile(xs, 0.99) / 1e3,
+        "mean_us": sum(xs) / len(xs) / 1e3,
+        "min_us": xs[0] / 1e3,
+        "max_us": xs[-1] / 1e3,
+    }
 
 
 def build_nri_peers() -> dict[str, NRIBinaries]:
@@ -126,6 +203,7 @@ def build_nri_peers() -> dict[str, NRIBinaries]:
         version: NRIBinaries(
             harness=BIN_DIR / f"nri-harness-{tag}",
             netdev_injector=BIN_DIR / f"nri-netdev-injector-{tag}",
+            bench_plugin=BIN_DIR / f"nri-bench-plugin-{tag}",
         )
         for version, tag in VERSIONS.items()
     }
@@ -325,6 +403,39 @@ class NRIRuntime:
         """Returns the merged CreateContainerResponse (``adjust``, ``update``, ``evict``)."""
         return dict(self.call("create_container", pod=pod, container=container))
 
+    def bench(
+        self,
+        event: str,
+        pod: Mapping[str, Any],
+        container: Mapping[str, Any] | None = None,
+        *,
+        count: int = 1000,
+        warmup: int = 100,
+        timeout: float | None = None,
+    ) -> BenchResult:
+        """Relay ``event`` (``run_pod_sandbox`` or ``create_container``)
+        ``warmup`` + ``count`` times back to back; see :class:`BenchResult`.
+
+        The default timeout allows 10 ms per call on top of
+        :data:`CALL_TIMEOUT_S`.
+        """
+        fields: dict[str, Any] = {"event": event, "count": count, "warmup": warmup, "pod": pod}
+        if container is not None:
+            fields["container"] = container
+        if timeout is None:
+            timeout = CALL_TIMEOUT_S + (count + warmup) * 0.01
+        res = self.call("bench", timeout=timeout, **fields)
+        return BenchResult(
+            event=res["event"],
+            count=res["count"],
+            warmup=res["warmup"],
+            ns=tuple(res["ns"]),
+            live_before=tuple(res["live_before"]),
+            live_after=tuple(res["live_after"]),
+            last_reply=dict(res.get("last_reply") or {}),
+            differing_replies=int(res["differing_replies"]),
+        )
+
     def events_named(self, name: str) -> list[dict[str, Any]]:
         with self._events_lock:
             return [e for e in self.events if e.get("event") == name]
@@ -383,6 +494,43 @@ class NRIPlugin:
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._stderr.close()
+
+
+class NRIBenchPlugin:
+    """A running bench-plugin process (the benchmark's Go anchor on the upstream stub)."""
+
+    def __init__(
+        self,
+        binary: pathlib.Path,
+        runtime: NRIRuntime,
+        workdir: pathlib.Path,
+        *,
+        idx: str = "10",
+        name: str = "bench-go",
+    ) -> None:
+        self.name = name
+        self.idx = idx
+        self.qualified = f"{idx}-{name}"
+        self.stderr_path = workdir / f"plugin-{self.qualified}.stderr"
+        args = [str(binary), "-idx", idx, "-name", name, "-socket", str(runtime.socket)]
+        self._stderr: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=self._stderr)
 
     def stderr_tail(self, lines: int = 40) -> str:
         try:
@@ -503,6 +651,36 @@ def nri_plugin_factory(
             env=env,
             run_delay=run_delay,
             request_updates=request_updates,
+        )
+        started.append(plugin)
+        return plugin
+
+    try:
+        yield factory
+    finally:
+        for p in reversed(started):
+            with contextlib.suppress(Exception):
+                p.stop()
+
+
+@pytest.fixture
+def nri_bench_plugin_factory(
+    nri_binaries: dict[str, NRIBinaries],
+) -> Iterator[Callable[..., NRIBenchPlugin]]:
+    started: list[NRIBenchPlugin] = []
+
+    def factory(
+        runtime: NRIRuntime,
+        idx: str = "10",
+        name: str = "bench-go",
+        version: str | None = None,
+    ) -> NRIBenchPlugin:
+        plugin = NRIBenchPlugin(
+            nri_binaries[version or runtime.version].bench_plugin,
+            runtime,
+            runtime.workdir,
+            idx=idx,
+            name=name,
         )
         started.append(plugin)
         return plugin

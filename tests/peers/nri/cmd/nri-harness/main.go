@@ -458,6 +458,7 @@ func (h *harness) bench(ctx context.Context, line []byte) (any, error, bool) {
 	h.mu.Unlock()
 
 	var last proto.Message
+	replies := make([]proto.Message, 0, body.Warmup+body.Count)
 	ns := make([]int64, 0, body.Count)
 	for i := 0; i < body.Warmup+body.Count; i++ {
 		if i == body.Warmup {
@@ -475,21 +476,31 @@ func (h *harness) bench(ctx context.Context, line []byte) (any, error, bool) {
 		if i >= body.Warmup {
 			ns = append(ns, elapsed.Nanoseconds())
 		}
+		replies = append(replies, res)
 		last = res
+	}
+	// every reply should equal the last one: a plugin dropped mid-run would
+	// show as replies without its adjustments
+	differing := 0
+	for _, r := range replies {
+		if !proto.Equal(r, last) {
+			differing++
+		}
 	}
 
 	h.mu.Lock()
 	after := h.live()
 	h.mu.Unlock()
 	result := map[string]any{
-		"event":        body.Event,
-		"count":        body.Count,
-		"warmup":       body.Warmup,
-		"ns":           ns,
-		"live_before":  nonNil(before),
-		"live_after":   nonNil(after),
-		"last_reply":   json.RawMessage("{}"),
-		"go_max_procs": runtime.GOMAXPROCS(0),
+		"event":             body.Event,
+		"count":             body.Count,
+		"warmup":            body.Warmup,
+		"ns":                ns,
+		"live_before":       nonNil(before),
+		"live_after":        nonNil(after),
+		"last_reply":        json.RawMessage("{}"),
+		"differing_replies": differing,
+		"go_max_procs":      runtime.GOMAXPROCS(0),
 	}
 	if last != nil {
 		result["last_reply"] = mustMarshal(last)
