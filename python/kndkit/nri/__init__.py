@@ -1,0 +1,1 @@
+"""NRI (Node Resource Interface) plugin support: multiplexer, ttrpc, model and plugin."""
