@@ -16,7 +16,8 @@ Fixtures:
     A started :class:`KubeletHarness` (accepts v1 and v1beta1): ``.registry_dir``
     to register into, ``.plugins_dir`` for drivers' data directories,
     ``.call(cmd, **kw)``, ``.wait_registered(driver)``, ``.prepare(driver, claims)``,
-    ``.unprepare(driver, claims)``, ``.watch_health(driver, count)``,
+    ``.unprepare(driver, claims)``, ``.bench(driver, claims, count)``,
+    ``.watch_health(driver, count)``,
     ``.list_plugins()``, ``.wait_event(name, **match)``. Stopped at teardown.
 
 ``kubelet_harness_factory`` (function)
@@ -27,9 +28,11 @@ Fixtures:
 ``ref_dra_driver`` (function)
     ``factory(harness, driver=None, *, kubeconfig=None, versions="v1,v1beta1",
     health=False, health_versions="v1,v1alpha1", health_devices=(), unhealthy=(),
-    rolling_update_uid=None)``
+    rolling_update_uid=None, publish_devices=0, publish_per_slice=128)``
     starts the upstream-helper reference driver registering into
     ``harness.registry_dir``; returns a :class:`RefDriver`. Stopped at teardown.
+    With ``publish_devices`` it publishes that many devices through the helper's
+    ``PublishResources`` (``.wait_event("publishing")``, ``.republish()``).
 
 ``fake_registrar`` (function)
     ``factory(harness, *, name, endpoint, versions=("v1.DRAPlugin",),
@@ -354,6 +357,35 @@ class KubeletHarness:
         reply = self.call(cmd, **fields)
         return {k: reply[k] for k in ("api", "endpoint", "response")}
 
+    def bench(
+        self,
+        driver: str,
+        claims: Iterable[Any],
+        count: int,
+        *,
+        warmup: int = 0,
+        api: str | None = None,
+        timeout: float = 300.0,
+    ) -> dict[str, Any]:
+        """``count`` prepare+unprepare pairs of ``claims`` (after ``warmup`` unreported ones).
+
+        Returns ``{"api", "endpoint", "claims", "prepare_ns", "unprepare_ns"}``: the
+        duration of each gRPC call in nanoseconds, measured in Go around the call.
+        A per-claim error fails it (``KubeletHarnessError`` code ``claim_error``).
+        """
+        fields: dict[str, Any] = {
+            "driver": driver,
+            "claims": [_claim_dict(c) for c in claims],
+            "count": count,
+            "timeout_ms": int(timeout * 1000),
+        }
+        if warmup:
+            fields["warmup"] = warmup
+        if api:
+            fields["api"] = api
+        reply = self.call("bench", **fields)
+        return {k: reply[k] for k in ("api", "endpoint", "claims", "prepare_ns", "unprepare_ns")}
+
     def watch_health(
         self, driver: str, count: int, *, api: str | None = None, timeout: float = 30.0
     ) -> dict[str, Any]:
@@ -421,13 +453,48 @@ class KubeletHarness:
 
 @dataclass
 class RefDriver:
-    """The upstream-helper reference driver, running."""
+    """The upstream-helper reference driver, running.
+
+    ``events`` collects the JSON lines it prints after ``ready`` (``publishing``
+    events with ``devices`` and ``time_ns`` when started with ``publish_devices``).
+    """
 
     driver: str
     data_dir: pathlib.Path
     endpoint: pathlib.Path
     popen: subprocess.Popen[bytes]
     log_path: pathlib.Path
+    events: list[dict[str, Any]] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for raw in self.popen.stdout:
+            with contextlib.suppress(ValueError):
+                msg = json.loads(raw)
+                with self._cond:
+                    self.events.append(msg)
+                    self._cond.notify_all()
+
+    def wait_event(self, name: str, count: int = 1, timeout: float = 30.0) -> dict[str, Any]:
+        """The ``count``-th event called ``name`` (waits for it)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                hits = [e for e in self.events if e.get("event") == name]
+                if len(hits) >= count:
+                    return hits[count - 1]
+                left = deadline - time.monotonic()
+                if left <= 0 or self.popen.poll() is not None:
+                    raise TimeoutError(
+                        f"ref-driver {self.driver}: no event {name} #{count}; "
+                        f"events {self.events}; log:\n{self.logs()}"
+                    )
+                self._cond.wait(min(left, 0.5))
+
+    def republish(self) -> None:
+        """Ask it to publish the same devices again (SIGUSR1)."""
+        self.popen.send_signal(signal.SIGUSR1)
 
     def stop(self) -> None:
         _stop(self.popen)
@@ -480,6 +547,8 @@ def start_ref_driver(
     rolling_update_uid: str | None = None,
     data_dir: pathlib.Path | None = None,
     extra_args: Sequence[str] = (),
+    publish_devices: int = 0,
+    publish_per_slice: int = 128,
 ) -> RefDriver:
     name = driver or f"{unique_name('ref')}.kndkit.test"
     data = data_dir or harness.plugins_dir / name
@@ -508,6 +577,8 @@ def start_ref_driver(
         ]
     if rolling_update_uid:
         argv.append(f"--rolling-update-uid={rolling_update_uid}")
+    if publish_devices:
+        argv += [f"--publish-devices={publish_devices}", f"--publish-per-slice={publish_per_slice}"]
     argv += list(extra_args)
     log_path = harness.root / f"{name}-{next(_counter)}.log"
     with log_path.open("wb") as err:
@@ -523,7 +594,9 @@ def start_ref_driver(
     except BaseException:
         _stop(popen)
         raise
-    return RefDriver(name, data, sock, popen, log_path)
+    drv = RefDriver(name, data, sock, popen, log_path)
+    threading.Thread(target=drv._pump, name="ref-driver-reader", daemon=True).start()
+    return drv
 
 
 def start_fake_registrar(

@@ -228,10 +228,12 @@ _WRITER = textwrap.dedent(
     s = StateStore(path, busy_timeout=30)
 
     def devices(i):
-        return tuple(PreparedDevice("pool", f"{{tag}}-dev{{i}}-{{k}}", ("nic",)) for k in range(i % 4 + 1))
+        n = i % 4 + 1
+        return tuple(PreparedDevice("pool", f"{{tag}}-dev{{i}}-{{k}}", ("nic",)) for k in range(n))
 
     def plans(i):
-        return {{"i": i, "tag": tag, "pad": [f"{{tag}}-{{i}}-{{k}}" * 20 for k in range(i % 7 + 3)]}}
+        pad = [f"{{tag}}-{{i}}-{{k}}" * 20 for k in range(i % 7 + 3)]
+        return {{"i": i, "tag": tag, "pad": pad}}
 
     i = start
     while count < 0 or i < start + count:

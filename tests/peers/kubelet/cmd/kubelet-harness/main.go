@@ -70,6 +70,7 @@ type request struct {
 	Claims    []claim         `json:"claims,omitempty"`
 	API       string          `json:"api,omitempty"`
 	Count     int             `json:"count,omitempty"`
+	Warmup    int             `json:"warmup,omitempty"`
 }
 
 type claim struct {
@@ -256,6 +257,138 @@ func (h *harness) dra(p *plugin, version string, resp proto.Message, err error) 
 	return map[string]any{"api": version, "endpoint": p.Endpoint, "response": m}, nil
 }
 
+// bench issues count NodePrepareResources + NodeUnprepareResources pairs
+// for the same claims, one after the other, and reports how long each gRPC
+// call took in nanoseconds, measured here around the call: the JSON protocol
+// between the test and the harness is not in the numbers. Any per-claim
+// error fails the command (a benchmark of failures would be meaningless).
+// warmup pairs run first and are not reported.
+func (h *harness) bench(ctx context.Context, req *request) (map[string]any, error) {
+	claims, err := h.claims(req)
+	if err != nil {
+		return nil, err
+	}
+	if req.Count <= 0 {
+		return nil, fail("invalid", "count must be positive")
+	}
+	if req.Warmup < 0 {
+		return nil, fail("invalid", "warmup must not be negative")
+	}
+	p, version, err := h.pluginFor(req)
+	if err != nil {
+		return nil, err
+	}
+	prep, unprep := h.benchCalls(p, version, claims)
+	prepareNS := make([]int64, 0, req.Count)
+	unprepareNS := make([]int64, 0, req.Count)
+	for i := 0; i < req.Warmup+req.Count; i++ {
+		t0 := time.Now()
+		err := prep(ctx)
+		d := time.Since(t0)
+		if err != nil {
+			return nil, benchError(p, version, "prepare", i, err)
+		}
+		t1 := time.Now()
+		err = unprep(ctx)
+		d2 := time.Since(t1)
+		if err != nil {
+			return nil, benchError(p, version, "unprepare", i, err)
+		}
+		if i >= req.Warmup {
+			prepareNS = append(prepareNS, d.Nanoseconds())
+			unprepareNS = append(unprepareNS, d2.Nanoseconds())
+		}
+	}
+	return map[string]any{
+		"api": version, "endpoint": p.Endpoint, "claims": len(claims),
+		"prepare_ns": prepareNS, "unprepare_ns": unprepareNS,
+	}, nil
+}
+
+func benchError(p *plugin, version, call string, i int, err error) error {
+	var ce *cmdError
+	if !errors.As(err, &ce) {
+		ce = grpcError(err).(*cmdError)
+	}
+	ce.msg = fmt.Sprintf("%s #%d: %s (api %s, endpoint %s)", call, i, ce.msg, version, p.Endpoint)
+	return ce
+}
+
+// benchCalls builds the two calls once, so the loop measures only the RPCs
+// and the check of their answers.
+func (h *harness) benchCalls(p *plugin, version string, claims []claim) (prep, unprep func(context.Context) error) {
+	if version == drav1.DRAPluginService {
+		c := p.v1()
+		var cl []*drav1.Claim
+		for _, x := range claims {
+			cl = append(cl, &drav1.Claim{Namespace: x.Namespace, Name: x.Name, Uid: x.UID})
+		}
+		prepIn := &drav1.NodePrepareResourcesRequest{Claims: cl}
+		unprepIn := &drav1.NodeUnprepareResourcesRequest{Claims: cl}
+		prep = func(ctx context.Context) error {
+			resp, err := c.NodePrepareResources(ctx, prepIn)
+			if err != nil {
+				return err
+			}
+			for _, x := range claims {
+				r, ok := resp.Claims[x.UID]
+				if !ok || r.Error != "" || len(r.Devices) == 0 {
+					return fail("claim_error", "claim %s: missing, failed or without devices: %v", x.UID, r)
+				}
+			}
+			return nil
+		}
+		unprep = func(ctx context.Context) error {
+			resp, err := c.NodeUnprepareResources(ctx, unprepIn)
+			if err != nil {
+				return err
+			}
+			for _, x := range claims {
+				r, ok := resp.Claims[x.UID]
+				if !ok || r.Error != "" {
+					return fail("claim_error", "claim %s: missing or failed: %v", x.UID, r)
+				}
+			}
+			return nil
+		}
+		return prep, unprep
+	}
+	c := p.v1beta1()
+	var cl []*drav1beta1.Claim
+	for _, x := range claims {
+		cl = append(cl, &drav1beta1.Claim{Namespace: x.Namespace, Name: x.Name, Uid: x.UID})
+	}
+	prepIn := &drav1beta1.NodePrepareResourcesRequest{Claims: cl}
+	unprepIn := &drav1beta1.NodeUnprepareResourcesRequest{Claims: cl}
+	prep = func(ctx context.Context) error {
+		resp, err := c.NodePrepareResources(ctx, prepIn)
+		if err != nil {
+			return err
+		}
+		for _, x := range claims {
+			r, ok := resp.Claims[x.UID]
+			if !ok || r.Error != "" || len(r.Devices) == 0 {
+				return fail("claim_error", "claim %s: missing, failed or without devices: %v", x.UID, r)
+			}
+		}
+		return nil
+	}
+	unprep = func(ctx context.Context) error {
+		resp, err := c.NodeUnprepareResources(ctx, unprepIn)
+		if err != nil {
+			return err
+		}
+		for _, x := range claims {
+			r, ok := resp.Claims[x.UID]
+			if !ok || r.Error != "" {
+				return fail("claim_error", "claim %s: missing or failed: %v", x.UID, r)
+			}
+		}
+		return nil
+	}
+	return prep, unprep
+}
+
 func (h *harness) watchHealth(ctx context.Context, req *request) (map[string]any, error) {
 	if req.Count <= 0 {
 		return nil, fail("invalid", "count must be positive")
@@ -349,7 +482,7 @@ func (h *harness) handle(req *request) (map[string]any, error) {
 			ps = []*plugin{}
 		}
 		return map[string]any{"plugins": ps}, nil
-	case "prepare", "unprepare", "watch_health":
+	case "prepare", "unprepare", "watch_health", "bench":
 		ctx, cancel := context.WithTimeout(context.Background(), h.timeout(req, callTimeout))
 		defer cancel()
 		switch req.Cmd {
@@ -357,6 +490,8 @@ func (h *harness) handle(req *request) (map[string]any, error) {
 			return h.prepare(ctx, req)
 		case "unprepare":
 			return h.unprepare(ctx, req)
+		case "bench":
+			return h.bench(ctx, req)
 		default:
 			return h.watchHealth(ctx, req)
 		}

@@ -20,12 +20,15 @@ import (
 	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 )
 
 type driver struct {
@@ -156,6 +159,8 @@ func main() {
 	healthInterval := flag.Duration("health-interval", 500*time.Millisecond, "interval between health messages")
 	rollingUID := flag.String("rolling-update-uid", "", "enable rolling updates with this instance UID")
 	regSocket := flag.String("registrar-socket", "", "registration socket file name (default <driver>-reg.sock)")
+	publishDevices := flag.Int("publish-devices", 0, "publish this many devices (pool = node name) through the helper's PublishResources; SIGUSR1 publishes the same set again")
+	perSlice := flag.Int("publish-per-slice", 128, "devices per ResourceSlice when publishing")
 	flag.Parse()
 
 	ctx, cancel := context.WithCancelCause(context.Background())
@@ -236,6 +241,32 @@ func main() {
 	}
 	fmt.Printf("{\"event\":\"ready\",\"driver\":%q,\"pid\":%d}\n", *driverName, os.Getpid())
 
+	if *publishDevices > 0 {
+		res := deviceResources(*nodeName, *publishDevices, *perSlice)
+		publish := func() {
+			// time_ns (CLOCK_REALTIME) lets the test measure from here to
+			// the moment its watch sees the whole pool.
+			fmt.Printf("{\"event\":\"publishing\",\"devices\":%d,\"time_ns\":%d}\n", *publishDevices, time.Now().UnixNano())
+			if err := helper.PublishResources(ctx, res); err != nil {
+				klog.ErrorS(err, "publish resources")
+				cancel(err)
+			}
+		}
+		publish()
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		go func() {
+			for {
+				select {
+				case <-sigCtx.Done():
+					return
+				case <-usr1:
+					publish()
+				}
+			}
+		}()
+	}
+
 	<-sigCtx.Done()
 	helper.Stop()
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
@@ -243,6 +274,34 @@ func main() {
 		os.Exit(1)
 	}
 	klog.Info("stopped")
+}
+
+// deviceResources lays n devices named dev-NNNN out in one pool named after
+// the node, perSlice devices per slice, each with a few attributes and a
+// capacity (the shape of a NIC as kndkit publishes it).
+func deviceResources(pool string, n, perSlice int) resourceslice.DriverResources {
+	if perSlice <= 0 {
+		perSlice = 128
+	}
+	var slices []resourceslice.Slice
+	for start := 0; start < n; start += perSlice {
+		var devs []resourceapi.Device
+		for i := start; i < n && i < start+perSlice; i++ {
+			devs = append(devs, resourceapi.Device{
+				Name: fmt.Sprintf("dev-%04d", i),
+				Attributes: map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{
+					"ifName": {StringValue: ptr.To(fmt.Sprintf("eth%d", i))},
+					"index":  {IntValue: ptr.To(int64(i))},
+					"sriov":  {BoolValue: ptr.To(false)},
+				},
+				Capacity: map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
+					"mtu": {Value: resource.MustParse("9000")},
+				},
+			})
+		}
+		slices = append(slices, resourceslice.Slice{Devices: devs})
+	}
+	return resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{pool: {Slices: slices}}}
 }
 
 func splitList(s string) []string {
