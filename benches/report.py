@@ -32,6 +32,9 @@ SCENARIO_ORDER = (
 )
 RSS_TARGET_MB = 10.0
 UTIME_TARGET_US = 1.0
+NRI_IMPLS = ("kndkit", "go")
+NRI_HEADINGS = {"kndkit": "kndkit (Python)", "go": "Go stub"}
+NRI_SCENARIO_ORDER = ("run_pod_sandbox", "create_container")
 
 
 @dataclass
@@ -64,6 +67,50 @@ def load(paths: list[pathlib.Path]) -> list[dict[str, Any]]:
             if {"scenario", "n", "impl"} <= set(info):
                 out.append({**info, "median": b["stats"]["median"], "rounds": b["stats"]["rounds"]})
     return out
+
+
+def load_nri(paths: list[pathlib.Path]) -> list[dict[str, Any]]:
+    """The NRI round-trip summaries (``extra_info`` of benches/test_nri_roundtrip.py,
+    or the ``nri_roundtrip`` list that ``benches/nri_roundtrip.py --json`` writes)."""
+    out = []
+    for p in paths:
+        data = json.loads(p.read_text())
+        for b in data.get("benchmarks", []):
+            info = b.get("extra_info", {})
+            if info.get("kind") == "nri_roundtrip":
+                out.append(info)
+        out.extend(data.get("nri_roundtrip", []))
+    return out
+
+
+def nri_table(summaries: list[dict[str, Any]]) -> list[str]:
+    """Per scenario and plugin: medians over rounds of each round's p50/p99,
+    the pooled mean and maximum, kndkit/Go ratios and the p99 target."""
+    if not summaries:
+        return []
+    lines = [
+        "| scenario | plugin | calls | p50 µs | p99 µs | mean µs | max µs "
+        "| kndkit/Go p50 | kndkit/Go p99 | target | verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    order = {s: k for k, s in enumerate(NRI_SCENARIO_ORDER)}
+    for s in sorted(summaries, key=lambda s: order.get(s["scenario"], 99)):
+        ratio = s.get("ratio", {})
+        for impl in NRI_IMPLS:
+            r = s["impls"].get(impl)
+            if r is None:
+                continue
+            knd = impl == "kndkit"
+            rp50 = f"{ratio['p50_us']:.2f}x" if knd and "p50_us" in ratio else "-"
+            rp99 = f"{ratio['p99_us']:.2f}x" if knd and "p99_us" in ratio else "-"
+            target = f"p99 < {s['target_p99_us']:g} µs" if knd and "target_p99_us" in s else "-"
+            v = verdict([bool(s["meets_target"])]) if knd and "meets_target" in s else "-"
+            lines.append(
+                f"| {s['scenario']} | {NRI_HEADINGS.get(impl, impl)} | {r['calls']} "
+                f"| {r['p50_us']:.1f} | {r['p99_us']:.1f} | {r['mean_us']:.1f} "
+                f"| {r['max_us']:.0f} | {rp50} | {rp99} | {target} | {v} |"
+            )
+    return lines
 
 
 def fmt_ms(sec: float) -> str:
@@ -175,16 +222,24 @@ def main() -> None:
     ap.add_argument("json", nargs="+", type=pathlib.Path)
     args = ap.parse_args()
     rows = load(args.json)
-    if not rows:
+    nri = load_nri(args.json)
+    if not rows and not nri:
         raise SystemExit("no benchmark results in " + ", ".join(map(str, args.json)))
-    out = ["## Medians and ratios (same run; the floor is the raw batched netlink socket)", ""]
-    out += time_table(rows)
+    out: list[str] = []
+    if rows:
+        out += ["## Medians and ratios (same run; the floor is the raw batched netlink socket)", ""]
+        out += time_table(rows)
     for title, table in (
         ("## User-space CPU per netlink request", cpu_table(rows)),
         ("## Peak RSS added by the Rust path", rss_table(rows)),
+        (
+            "## NRI round trip runtime -> plugin -> runtime (µs per call, timed in Go "
+            "around the adaptation call; p50/p99: median over interleaved rounds)",
+            nri_table(nri),
+        ),
     ):
         if table:
-            out += ["", title, "", *table]
+            out += ["", title, "", *table] if out else [title, "", *table]
     print("\n".join(out))
 
 
