@@ -9,6 +9,15 @@ Built on the official asyncio client (``kubernetes.aio``):
 
 from __future__ import annotations
 
+from kndkit.k8s.claims import (
+    AllocatedDevice,
+    Claim,
+    ClaimReader,
+    PodRef,
+    config_for_request,
+    merge_parameters,
+    parse_config,
+)
 from kndkit.k8s.client import check_resource_api, new_api_client
 from kndkit.k8s.errors import (
     ClaimError,
@@ -20,17 +29,28 @@ from kndkit.k8s.errors import (
     ResourceAPIUnavailable,
 )
 from kndkit.k8s.publisher import PublishStats, SlicePublisher
+from kndkit.k8s.status import ClaimStatusWriter, DeviceStatus, validate_device_status
 
 __all__ = [
+    "AllocatedDevice",
+    "Claim",
     "ClaimError",
     "ClaimNotAllocated",
     "ClaimNotFound",
+    "ClaimReader",
     "ClaimReplaced",
+    "ClaimStatusWriter",
     "ConfigError",
+    "DeviceStatus",
+    "PodRef",
     "PublishError",
     "PublishStats",
     "ResourceAPIUnavailable",
     "SlicePublisher",
     "check_resource_api",
+    "config_for_request",
+    "merge_parameters",
     "new_api_client",
+    "parse_config",
+    "validate_device_status",
 ]
