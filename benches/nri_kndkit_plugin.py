@@ -56,7 +56,7 @@ class BenchPlugin(Plugin):
 
 
 async def serve(socket_path: str, idx: str, name: str) -> None:
-    plugin = BenchPlugin(name, idx, socket_path=socket_path)
+    plugin = BenchPlugin(name, idx, socket_path=socket_path, reconnect=False)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
