@@ -143,13 +143,13 @@ def time_table(rows: list[dict[str, Any]]) -> list[str]:
         floor = impls.get(FLOOR, {}).get("median")
         cells = []
         for i in IMPLS:
-            r = impls.get(i)
-            if r is None:
+            cell = impls.get(i)
+            if cell is None:
                 cells.append("-")
             elif floor:
-                cells.append(f"{fmt_ms(r['median'])} ({r['median'] / floor:.2f}x)")
+                cells.append(f"{fmt_ms(cell['median'])} ({cell['median'] / floor:.2f}x)")
             else:
-                cells.append(fmt_ms(r["median"]))
+                cells.append(fmt_ms(cell["median"]))
         knd = impls.get("kndkit", {}).get("median")
         pyr = impls.get("pyroute2", {}).get("median")
         speedup = f"{pyr / knd:.1f}x" if knd and pyr else "-"
