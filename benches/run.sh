@@ -29,7 +29,7 @@ fi
 export PYTHONPATH="$SNAP/pkg${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c 'import kndkit._native as n; print("== kndkit._native from", n.__file__)' >&2
 SUITES=("$@")
-[ ${#SUITES[@]} -eq 0 ] && SUITES=(attach detach discovery cpu rss)
+[ ${#SUITES[@]} -eq 0 ] && SUITES=(attach detach discovery cpu rss nri_roundtrip)
 mkdir -p "$OUT"
 status=0
 for suite in "${SUITES[@]}"; do
