@@ -222,6 +222,7 @@ class TtrpcServer:
         self._deadline_margin = deadline_margin
         self._tasks: set[asyncio.Task[None]] = set()
         self._serve_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._last_stream_id = 0
         self._who = f"server on {conn!r}"
 
@@ -238,13 +239,19 @@ class TtrpcServer:
         """
         if self._serve_task is not None:
             raise RuntimeError(f"ttrpc {self._who}: serve() is already running")
-        self._serve_task = asyncio.current_task()
+        task = asyncio.current_task()
+        self._serve_task = task
+        self._stopping = False
         try:
             while True:
                 msg = await _read_message(self._conn, self._who)
                 if msg is None:
                     break
                 self._dispatch(*msg)
+        except asyncio.CancelledError:
+            # close() cancelled us: return normally; any other cancellation propagates
+            if not self._stopping or task is None or task.uncancel() > 0:
+                raise
         finally:
             self._serve_task = None
             tasks = list(self._tasks)
@@ -254,9 +261,10 @@ class TtrpcServer:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        """Stop serving: cancel :meth:`serve` and every running handler."""
+        """Stop serving: :meth:`serve` cancels every running handler and returns."""
         task = self._serve_task
         if task is not None and task is not asyncio.current_task():
+            self._stopping = True
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
