@@ -156,7 +156,7 @@ class RuntimeInfo:
 
     name: str
     version: str
-    nri_version: str
+    nri_version: str  # "" from runtimes before NRI v0.12 (not sent)
     request_timeout: float | None  # seconds
     registration_timeout: float | None  # seconds
 
