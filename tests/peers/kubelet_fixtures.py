@@ -34,6 +34,11 @@ Fixtures:
     With ``publish_devices`` it publishes that many devices through the helper's
     ``PublishResources`` (``.wait_event("publishing")``, ``.republish()``).
 
+``kndkit_dra_plugin`` (function)
+    ``factory(harness, *, driver, kubeconfig, state=None, rolling_update_uid=None,
+    status=False, publisher=True)`` starts kndkit's own plugin process
+    (``kubelet/kndkit_plugin.py``); returns a :class:`KndkitPlugin`.
+
 ``fake_registrar`` (function)
     ``factory(harness, *, name, endpoint, versions=("v1.DRAPlugin",),
     type="DRAPlugin", socket_name=None)`` serves a registration socket with
@@ -53,6 +58,7 @@ import queue
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -65,6 +71,7 @@ import pytest
 log = logging.getLogger("kndkit.tests.kubelet")
 
 PEERS_DIR = pathlib.Path(__file__).resolve().parent
+REPO_ROOT = PEERS_DIR.parent.parent
 KUBELET_DIR = PEERS_DIR / "kubelet"
 BIN_DIR = pathlib.Path(os.environ.get("KNDKIT_PEERS_BIN", PEERS_DIR / "bin"))
 BUILD_SCRIPT = KUBELET_DIR / "build.sh"
@@ -432,6 +439,43 @@ class KubeletHarness:
 
     # ---- lifecycle
 
+    def restart(self) -> None:
+        """Stop the harness process and start a new one on the same directories and
+        node name (a kubelet restart: plugins already in the registry directory get
+        registered again by the new process). ``events`` starts empty again."""
+        argv = list(self.popen.args)  # type: ignore[arg-type]
+        if self.popen.poll() is None:
+            with contextlib.suppress(Exception):
+                self.request("shutdown", timeout=5.0)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                _stop(self.popen)
+        if self.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()
+        if self._reader is not None:
+            self._reader.join(5)
+        with self._cond:
+            self.events.clear()
+            self._closed = False
+        with self.stderr_path.open("ab") as err:
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                bufsize=1,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
+            )
+        assert self.popen.stdout is not None
+        self._reader = threading.Thread(
+            target=self._read, args=(self.popen.stdout,), name="kubelet-harness-reader", daemon=True
+        )
+        self._reader.start()
+        self.wait_event("ready", timeout=START_TIMEOUT_S)
+
     def close(self) -> None:
         if self.popen.poll() is None:
             with contextlib.suppress(Exception):
@@ -644,6 +688,174 @@ def start_fake_registrar(
     return fr
 
 
+KNDKIT_PLUGIN = KUBELET_DIR / "kndkit_plugin.py"
+
+
+@dataclass
+class KndkitPlugin:
+    """kndkit's own DRA plugin (``kubelet/kndkit_plugin.py``) running as a process.
+
+    ``call(cmd, **fields)`` sends a command and returns the reply (raises
+    ``RuntimeError`` unless ok); ``events`` collects its events;
+    ``kill()`` is SIGKILL (the crash tests), ``stop()`` SIGTERM.
+    """
+
+    driver: str
+    state: pathlib.Path
+    popen: subprocess.Popen[str]
+    log_path: pathlib.Path
+    ready: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    _replies: dict[int, queue.Queue[dict[str, Any]]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for raw in self.popen.stdout:
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                continue
+            if "event" in msg:
+                with self._cond:
+                    self.events.append(msg)
+                    self._cond.notify_all()
+            elif isinstance(msg.get("id"), int):
+                with self._lock:
+                    q = self._replies.get(msg["id"])
+                if q is not None:
+                    q.put(msg)
+        with self._cond:
+            self._cond.notify_all()
+        with self._lock:
+            for q in self._replies.values():
+                q.put({"ok": False, "error": "kndkit plugin exited"})
+
+    def call(self, cmd: str, timeout: float = 120.0, **fields: Any) -> dict[str, Any]:
+        rid = next(self._ids)
+        q: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=1)
+        with self._lock:
+            self._replies[rid] = q
+        try:
+            assert self.popen.stdin is not None
+            self.popen.stdin.write(json.dumps({"id": rid, "cmd": cmd, **fields}) + "\n")
+            self.popen.stdin.flush()
+            try:
+                reply = q.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(
+                    f"kndkit plugin: no answer to {cmd}; log:\n{self.logs()}"
+                ) from None
+        finally:
+            with self._lock:
+                self._replies.pop(rid, None)
+        if not reply.get("ok"):
+            raise RuntimeError(f"kndkit plugin {cmd}: {reply.get('error')}; log:\n{self.logs()}")
+        return reply
+
+    def wait_event(
+        self,
+        name: str,
+        timeout: float = 30.0,
+        predicate: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for ev in self.events:
+                    if ev.get("event") == name and (predicate is None or predicate(ev)):
+                        return ev
+                left = deadline - time.monotonic()
+                if left <= 0 or self.popen.poll() is not None:
+                    raise TimeoutError(
+                        f"kndkit plugin: no {name} event; events {self.events}; log:\n{self.logs()}"
+                    )
+                self._cond.wait(min(left, 0.5))
+
+    def events_named(self, name: str) -> list[dict[str, Any]]:
+        with self._cond:
+            return [e for e in self.events if e.get("event") == name]
+
+    def logs(self) -> str:
+        return _tail(self.log_path)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as in a crash."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(10)
+
+    def stop(self) -> None:
+        _stop(self.popen)
+        if self.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()
+
+
+def start_kndkit_plugin(
+    harness: KubeletHarness,
+    *,
+    driver: str,
+    kubeconfig: str | os.PathLike[str],
+    state: pathlib.Path | None = None,
+    rolling_update_uid: str | None = None,
+    versions: str = "v1,v1beta1",
+    status: bool = False,
+    publisher: bool = True,
+    min_interval: float = 0.2,
+    plugin_dir: pathlib.Path | None = None,
+) -> KndkitPlugin:
+    """Start ``kubelet/kndkit_plugin.py`` registering into ``harness.registry_dir``."""
+    data = plugin_dir or harness.plugins_dir / driver
+    state = state or harness.root / f"{driver}.state.db"
+    argv = [
+        sys.executable,
+        str(KNDKIT_PLUGIN),
+        f"--driver={driver}",
+        f"--node={harness.node_name}",
+        f"--registry-dir={harness.registry_dir}",
+        f"--plugin-dir={data}",
+        f"--kubeconfig={kubeconfig}",
+        f"--state={state}",
+        f"--versions={versions}",
+        f"--min-interval={min_interval}",
+    ]
+    if rolling_update_uid:
+        argv.append(f"--rolling-update-uid={rolling_update_uid}")
+    if status:
+        argv.append("--status")
+    if not publisher:
+        argv.append("--no-publisher")
+    log_path = harness.root / f"kndkit-{driver}-{next(_counter)}.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(REPO_ROOT / "python"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    with log_path.open("wb") as err:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            bufsize=1,
+            env=env,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
+        )
+    plugin = KndkitPlugin(driver, state, popen, log_path)
+    threading.Thread(target=plugin._pump, name="kndkit-plugin-reader", daemon=True).start()
+    try:
+        plugin.ready = plugin.wait_event("ready", timeout=START_TIMEOUT_S)
+    except BaseException:
+        plugin.kill()
+        raise
+    return plugin
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -694,6 +906,25 @@ def ref_dra_driver(kubelet_peer_bin: pathlib.Path) -> Iterator[Callable[..., Ref
     finally:
         for d in reversed(started):
             d.stop()
+
+
+@pytest.fixture
+def kndkit_dra_plugin(kubelet_peer_bin: pathlib.Path) -> Iterator[Callable[..., KndkitPlugin]]:
+    """``factory(harness, *, driver, kubeconfig, state=None, rolling_update_uid=None,
+    versions="v1,v1beta1", status=False, publisher=True, min_interval=0.2)`` starts
+    kndkit's DRA plugin (KubeletPlugin + ClaimService + SlicePublisher) as a process."""
+    started: list[KndkitPlugin] = []
+
+    def factory(harness: KubeletHarness, **kw: Any) -> KndkitPlugin:
+        p = start_kndkit_plugin(harness, **kw)
+        started.append(p)
+        return p
+
+    try:
+        yield factory
+    finally:
+        for p in reversed(started):
+            p.stop()
 
 
 @pytest.fixture

@@ -356,12 +356,10 @@ class ClaimService:
 
 
 def _config_message(ref: ClaimRef, e: ConfigError) -> str:
-    where = f"claim {ref.namespace}/{ref.name}"
-    if e.request:
-        where += f" request {e.request}"
-    if e.device:
-        where += f" device {e.device}"
+    """The kubelet-facing text: names the claim and the offending field, once each."""
     text = str(e)
     if e.field and e.field not in text:
-        text = f"field {e.field}: {text}"
-    return f"{where}: invalid opaque configuration: {text}"
+        text = f"{text} (field {e.field})"
+    if f"{ref.namespace}/{ref.name}" not in text:
+        text = f"claim {ref.namespace}/{ref.name}: {text}"
+    return text
