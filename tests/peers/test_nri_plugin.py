@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import pathlib
@@ -509,7 +510,7 @@ async def test_plugin_dropped_by_runtime_reconnects(nri_runtime: NRIRuntime) -> 
             session = p._session
             assert session is not None
             session.mux.abort("test: simulated drop")
-            assert await until(lambda: len(p.syncs) >= n)
+            assert await until(functools.partial(lambda k: len(p.syncs) >= k, n))
             assert len(p.syncs) == n
             assert await wait_plugins(nri_runtime) == ["10-kndkit"]
         await rt_call(nri_runtime, "run_pod_sandbox", pod=make_pod("again"))
