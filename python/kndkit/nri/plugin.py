@@ -44,15 +44,22 @@ Lifecycle (containerd/nri adaptation v0.11 and v0.12):
    into chunks with ``more=true`` when the message would exceed the ttrpc size
    limit: each chunk but the last is answered ``more=true`` with no updates, and
    the ``synchronize`` hook runs once, on the complete set;
-4. events: v0.12 runtimes call one RPC per event (``RunPodSandbox``...), v0.11
-   runtimes send pod events and post-events through ``StateChange``; both are
-   served. The runtime only calls what the plugin subscribed to.
+4. events: v0.12 runtimes call one RPC per event (``RunPodSandbox``...) and
+   fall back to ``StateChange`` only for a plugin that answers such a call with
+   UNIMPLEMENTED (then warning that the plugin is outdated); v0.11 runtimes send
+   pod events and post-events through ``StateChange`` only. Both paths are
+   served, so a v0.12 runtime never needs the fallback. The runtime only calls
+   what the plugin subscribed to; should an unsubscribed event arrive anyway it
+   is answered with an empty success. ``Shutdown`` runs the ``shutdown`` hook
+   (the v0.12.5 adaptation does not send it; it just closes the connection).
 
 Request timeout: the runtime gives every request a deadline (its
 ``request_timeout``, 2 s by default, sent in ``Configure`` and in each ttrpc
 request's ``timeout_nano``); a request that misses it makes the runtime drop the
-plugin's connection. A hook still running shortly before the deadline (10 % of
-the timeout, at most 0.5 s) therefore fails its request with
+plugin's connection and carry on without it (observed with containerd/nri
+v0.12.5 and v0.11.0: the event itself succeeds). A hook still running shortly
+before the deadline (10 % of the timeout, at least 0.05 s, at most 0.5 s)
+therefore fails its request with
 ``DEADLINE_EXCEEDED`` and a message naming the hook: the runtime reports that
 error for the event and keeps the plugin. The hook's task is left to finish;
 its late result is logged and discarded.
