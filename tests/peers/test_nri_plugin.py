@@ -226,7 +226,24 @@ class Adjuster(Plugin):
         )
         if self.clash and ctr.name == "clash":
             adj.add_env(self.clash, self.tag)
+        if ctr.name == "cdi-clash":
+            adj.add_cdi_device("kndkit.test/nic=shared")
         return adj
+
+
+class Remover(Plugin):
+    """Removes entries of the container's original spec."""
+
+    async def create_container(self, pod: Pod, ctr: Container) -> ContainerAdjustment:
+        adj = ContainerAdjustment()
+        for k in ctr.env:
+            if k.startswith("OLD"):
+                adj.remove_env(k)
+        for m in ctr.mounts:
+            adj.remove_mount(m.destination)
+        for d in ctr.devices:
+            adj.remove_device(d.path)
+        return adj.remove_annotation("old").add_env("NEW", "1")
 
 
 # --------------------------------------------------------------------------- tests
@@ -406,6 +423,34 @@ async def test_two_kndkit_plugins_compose_and_conflict(nri_runtime: NRIRuntime) 
         )
         assert not ok
         assert re.search(r'plugins "20-b" and "10-a" both tried to set', err), err
+        # the same CDI device from two plugins is a conflict too
+        ok, err = await rt_try(
+            nri_runtime, "create_container", pod=pod, container=make_container("cdi-clash", pod)
+        )
+        assert not ok
+        assert re.search(r'plugins "20-b" and "10-a" both tried to set', err), err
+        assert "kndkit.test/nic=shared" in err
+
+
+@BOTH
+async def test_removals_of_spec_entries(nri_runtime: NRIRuntime) -> None:
+    """Which removals of the original spec's entries reach the runtime (model docstring)."""
+    p = Remover("remover", "10", socket_path=str(nri_runtime.socket))
+    pod = make_pod("rm")
+    ctr = make_container("c", pod)
+    ctr["env"] = ["OLD_A=1", "KEEP=2"]
+    ctr["annotations"] = {"old": "x"}
+    ctr["mounts"] = [{"destination": "/old", "source": "/tmp", "type": "bind"}]
+    ctr["linux"] = {"devices": [{"path": "/dev/old0", "type": "c", "major": 1, "minor": 9}]}
+    async with running(p):
+        await wait_plugins(nri_runtime)
+        adj = (await asyncio.to_thread(nri_runtime.create_container, pod, ctr))["adjust"]
+        # forwarded: annotation and mount removals
+        assert set(adj["annotations"]) == {"-old"}
+        assert [m["destination"] for m in adj["mounts"]] == ["-/old"]
+        # not forwarded by the adaptation (only later plugins see them gone)
+        assert [e["key"] for e in adj["env"]] == ["NEW"]
+        assert not adj.get("linux", {}).get("devices")
 
 
 async def test_validator_sees_merged_adjustment_and_rejects(

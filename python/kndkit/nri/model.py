@@ -29,11 +29,15 @@ does with the ``CreateContainer`` answers; a plugin has to live with them:
   owned entry makes the whole container creation fail with
   ``plugins "<b>" and "<a>" both tried to set <what>``.
 * Removal is an entry whose key starts with ``-`` (``-FOO`` for an env var,
-  ``-/dev/x`` for a device path...). It also claims the entry: another plugin
-  setting it afterwards is a conflict; the same plugin may remove and re-add.
-  Removals are how a plugin replaces what the container spec already has
-  (setting an existing env var or mount of the *original spec* simply replaces
-  it, without a removal).
+  ``-/dev/x`` for a device path...). Removing an entry an earlier plugin added
+  takes it over (a third plugin setting it afterwards conflicts with the
+  remover); the same plugin may remove and re-add. Setting an env var, mount
+  or device that the *original spec* already has simply replaces it, no
+  removal needed.
+* Removing an entry of the original spec reaches the runtime for annotations,
+  mounts and net devices, but **not** for env vars and Linux devices: the
+  adaptation (v0.11.0 to v0.12.5) drops those removals from the merged answer
+  (only later plugins see the entry gone), so the container still gets them.
 * Additive, never conflicting: OCI hooks (appended in plugin order).
 * ``args`` replace the whole command line; a leading empty string (see
   :meth:`ContainerAdjustment.set_args` with ``override=True``) takes it over even
