@@ -38,11 +38,16 @@ against the runtime adaptation itself (``tests/peers/test_nri_transport.py``):
   dropped; its ttrpc *server* (connection 2) stops reading, so a
   ``RegisterPlugin`` in such a frame is never answered and registration times
   out. Frames longer than 4 MiB + 10 bytes tear the whole socket down.
-* Measured against ``nri-harness`` (adaptation v0.12.5 and v0.11.0): a
-  ``Configure`` response of 4096 bytes in one frame is accepted, 4097 bytes
-  in one frame gets the plugin closed, the same 4097+ bytes as 4096 + rest, or
-  as many small frames, are accepted; a ``RegisterPlugin`` request of more
-  than 4096 bytes in one frame is never answered, split it registers.
+* Measured against ``nri-harness`` (adaptation v0.12.5 and v0.11.0; each case
+  is a test in ``tests/peers/test_nri_transport.py``): a ``Configure`` reply of
+  4096 bytes in one frame is accepted; 4097 or 10000 bytes in one frame get
+  the plugin closed at once (``failed to configure plugin: ttrpc: closed``);
+  the same replies as 4096 bytes + the rest, as 1000-byte frames, or as 4096
+  bytes followed by 5000-byte frames are accepted, while 5000-byte frames from
+  the start are refused; a 3 MiB reply split as 4096 + rest is accepted. A
+  5000-byte ``RegisterPlugin`` in one frame is never answered (the runtime
+  logs ``error receiving message ... cannot allocate memory`` and its
+  registration timeout drops the plugin); split, it registers.
 
 So :meth:`MuxConn.write` sends each message it is given as one frame when it is
 at most :data:`SPLIT_SIZE` bytes, otherwise as a :data:`SPLIT_SIZE`-byte frame
