@@ -494,7 +494,12 @@ class _Session:
         return None
 
     async def _call_hook(self, what: str, ctx: RequestContext, hook: Hook, *args: Any) -> Any:
-        """Run ``hook(*args)``; fail the request before the runtime's deadline if it runs late."""
+        """Run ``hook(*args)``; fail the request before the runtime's deadline if it runs late.
+
+        With a deadline the hook runs as its own task, watched by a timer at the
+        cut-off; a hook still running then is left to finish (kept in
+        ``Plugin._late``) and the request fails with DEADLINE_EXCEEDED.
+        """
         loop = asyncio.get_running_loop()
         start = loop.time()
 
@@ -505,37 +510,51 @@ class _Session:
             return result
 
         deadline = self._deadline(ctx)
-        task = asyncio.create_task(invoke(), name=f"nri-hook-{self.name}-{what}")
+        task: asyncio.Task[Any] | None = None
         try:
             if deadline is None:
-                return await task
-            budget = deadline - _margin(deadline - start) - loop.time()
+                return await invoke()
+            cutoff = deadline - _margin(deadline - start)
+            task = loop.create_task(invoke())
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def wake(_: object = None) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            task.add_done_callback(wake)
+            timer = loop.call_at(cutoff, wake)
             try:
-                return await asyncio.wait_for(asyncio.shield(task), max(budget, 0.0))
-            except TimeoutError:
-                if task.done():
-                    return task.result()
-                self.plugin._late.add(task)
-                task.add_done_callback(lambda t: self.plugin._late_done(what, t))
-                total = deadline - start
-                log.error(
-                    "NRI plugin %s: %s hook still running %.2fs into the runtime's %.2fs "
-                    "request deadline; failing the request, the hook's late result "
-                    "will be discarded",
-                    self.name,
-                    what,
-                    loop.time() - start,
-                    total,
-                )
-                raise TtrpcError(
-                    Code.DEADLINE_EXCEEDED,
-                    f"NRI plugin {self.name}: {what} did not finish within the runtime's "
-                    f"{total:.2f}s request timeout",
-                ) from None
+                await waiter
+            finally:
+                timer.cancel()
+                task.remove_done_callback(wake)
+            if task.done():
+                return task.result()
+            late = task
+            task = None  # not ours to cancel any more
+            self.plugin._late.add(late)
+            late.add_done_callback(lambda t: self.plugin._late_done(what, t))
+            total = deadline - start
+            log.error(
+                "NRI plugin %s: %s hook still running %.2fs into the runtime's %.2fs "
+                "request deadline; failing the request, the hook's late result "
+                "will be discarded",
+                self.name,
+                what,
+                loop.time() - start,
+                total,
+            )
+            raise TtrpcError(
+                Code.DEADLINE_EXCEEDED,
+                f"NRI plugin {self.name}: {what} did not finish within the runtime's "
+                f"{total:.2f}s request timeout",
+            )
         except TtrpcError:
             raise
         except asyncio.CancelledError:
-            task.cancel()
+            if task is not None:
+                task.cancel()
             raise
         except Exception as e:
             log.exception("NRI plugin %s: %s hook failed", self.name, what)
