@@ -56,6 +56,7 @@ MAX_CONDITIONS = 8
 _MAX_REASON = 1024
 _MAX_MESSAGE = 32768
 _MAX_EVENT_NOTE = 1024
+_MAX_UPDATE_ATTEMPTS = 5
 _REASON = re.compile(r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
 _CONDITION_TYPE = re.compile(
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
@@ -258,20 +259,22 @@ class ClaimStatusWriter:
         kw = {"namespace": claim.namespace, "name": claim.name, "uid": claim.uid}
         if e.status == 404:
             return ClaimNotFound(f"{label} not found", **kw)
-        if e.status == 409 and "uid" in text.lower():
+        if e.status in (409, 422) and "metadata.uid" in text:
             return ClaimReplaced(f"{label} is not the claim with UID {claim.uid}: {text}", **kw)
+        if e.status == 403 or "Forbidden:" in text:
+            return ClaimError(f"{what} of {label} is forbidden to this identity: {text}", **kw)
         if e.status == 422:
             return InvalidArgument(f"{what} of {label} rejected by the API server: {text}")
         return ClaimError(f"{what} of {label} failed: {text}", **kw)
 
-    async def _apply(self, claim: ClaimRef, entries: list[dict[str, Any]]) -> None:
+    async def _apply(self, claim: ClaimRef, entries: list[dict[str, Any]]) -> dict[str, Any]:
         body = {
             "apiVersion": _API_VERSION,
             "kind": "ResourceClaim",
             "metadata": {"name": claim.name, "namespace": claim.namespace, "uid": claim.uid},
             "status": {"devices": entries} if entries else {},
         }
-        await self._res.patch_namespaced_resource_claim_status(
+        stored = await self._res.patch_namespaced_resource_claim_status(
             claim.name,
             claim.namespace,
             body,
@@ -279,6 +282,69 @@ class ClaimStatusWriter:
             force=True,
             _content_type="application/apply-patch+yaml",
         )
+        return to_dict(self._api, stored)
+
+    async def _update(self, claim: ClaimRef, entries: list[dict[str, Any]]) -> None:
+        """The same change as :meth:`_apply` as a read-modify-write Update of
+        ``/status`` (field manager = driver), retried on conflicts."""
+        for attempt in range(_MAX_UPDATE_ATTEMPTS):
+            obj = to_dict(
+                self._api,
+                await self._res.read_namespaced_resource_claim(claim.name, claim.namespace),
+            )
+            meta = obj.get("metadata") or {}
+            if claim.uid and meta.get("uid") != claim.uid:
+                raise ClaimReplaced(
+                    f"ResourceClaim {claim.namespace}/{claim.name} has UID {meta.get('uid')},"
+                    f" not {claim.uid}: the claim was replaced",
+                    namespace=claim.namespace,
+                    name=claim.name,
+                    uid=claim.uid,
+                )
+            meta.pop("managedFields", None)
+            status = obj.setdefault("status", {})
+            others = [e for e in status.get("devices") or [] if e.get("driver") != self.driver]
+            status["devices"] = others + entries
+            if not status["devices"]:
+                status.pop("devices")
+            try:
+                await self._res.replace_namespaced_resource_claim_status(
+                    claim.name,
+                    claim.namespace,
+                    obj,  # type: ignore[arg-type]
+                    field_manager=self.driver,
+                )
+                return
+            except ApiException as e:
+                if e.status != 409 or attempt == _MAX_UPDATE_ATTEMPTS - 1:
+                    raise
+                log.debug("status update of %s conflicted; retrying", claim)
+
+    async def _write(self, claim: ClaimRef, entries: list[dict[str, Any]]) -> None:
+        try:
+            stored = await self._apply(claim, entries)
+        except ApiException as e:
+            text = api_error_text(e)
+            if not (
+                e.status == 422
+                and "status.allocation" in text
+                and "field cannot be modified once set" in text
+            ):
+                raise
+            # kube-apiserver v1.37.2 refuses every PATCH (server-side apply
+            # included) of a claim whose allocation carries opaque config
+            # ("status.allocation: Invalid value: null: field cannot be modified
+            # once set"), though nothing there changes; an Update is accepted.
+            log.debug("server-side apply of %s refused (%s); using an update", claim, text)
+            await self._update(claim, entries)
+            return
+        # Entries of this driver that an Update (the fallback above) wrote are not
+        # owned by the apply and stay: remove them with an update too.
+        have = {_key(e) for e in (stored.get("status") or {}).get("devices") or []}
+        want = {_key(e) for e in entries}
+        if {k for k in have if k[0] == self.driver} != want:
+            log.debug("%s: entries of %s left by an earlier update; updating", claim, self.driver)
+            await self._update(claim, entries)
 
     async def apply(self, claim: ClaimRef, devices: Sequence[DeviceStatus]) -> None:
         """Makes ``devices`` this driver's entries of the claim's ``status.devices``
@@ -336,7 +402,7 @@ class ClaimStatusWriter:
             for ds in devices
         ]
         try:
-            await self._apply(claim, entries)
+            await self._write(claim, entries)
         except ApiException as e:
             raise self._error(claim, "status update", e) from None
         log.debug("%s: status of %d devices applied", label, len(entries))
@@ -345,7 +411,10 @@ class ClaimStatusWriter:
         """Removes this driver's ``status.devices`` entries from the claim. A claim
         that is gone (or replaced by one with another UID) is left alone."""
         try:
-            await self._apply(claim, [])
+            await self._write(claim, [])
+        except ClaimReplaced as e:
+            log.debug("clear: %s", e)
+            return
         except ApiException as e:
             err = self._error(claim, "clearing status", e)
             if isinstance(err, ClaimNotFound | ClaimReplaced):
