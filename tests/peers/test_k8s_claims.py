@@ -125,7 +125,7 @@ async def world(
     carrying class configuration (for this driver and for another one)."""
     pub = SlicePublisher(driver_api, DRIVER, node)
     await pub.publish([Device(f"eth{i}", {"ifName": f"eth{i}", "rdma": i >= 2}) for i in range(4)])
-    cls = {
+    cls: dict[str, Any] = {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "DeviceClass",
         "metadata": {"name": uniq("class")},
@@ -150,7 +150,7 @@ async def world(
 @pytest.fixture
 def plain_class(kube_apiserver: KubeCluster, cleanup: list[dict[str, Any]]) -> str:
     """A DeviceClass for the driver without configuration."""
-    cls = {
+    cls: dict[str, Any] = {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "DeviceClass",
         "metadata": {"name": uniq("plain")},

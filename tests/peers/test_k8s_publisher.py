@@ -85,7 +85,7 @@ def assert_pool_consistent(slices: list[dict[str, Any]], node: str) -> int:
         assert owner.get("controller") is True
         node_uid = node_uid or owner["uid"]
         assert owner["uid"] == node_uid
-    return gens.pop()
+    return int(gens.pop())
 
 
 async def eventually(check: Any, timeout: float = 60.0) -> Any:
