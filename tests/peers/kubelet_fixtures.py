@@ -540,6 +540,16 @@ class RefDriver:
         """Ask it to publish the same devices again (SIGUSR1)."""
         self.popen.send_signal(signal.SIGUSR1)
 
+    def lookup_timings(self, timeout: float = 10.0) -> list[int]:
+        """With ``timing=True``: nanoseconds from each NodePrepareResources call's
+        arrival to the driver's PrepareResourceClaims (the helper's claim GETs),
+        since the last call of this method (SIGUSR2)."""
+        with self._cond:
+            n = len([e for e in self.events if e.get("event") == "timings"])
+        self.popen.send_signal(signal.SIGUSR2)
+        ev = self.wait_event("timings", count=n + 1, timeout=timeout)
+        return [int(x) for x in ev.get("get_ns") or []]
+
     def stop(self) -> None:
         _stop(self.popen)
 
@@ -593,6 +603,9 @@ def start_ref_driver(
     extra_args: Sequence[str] = (),
     publish_devices: int = 0,
     publish_per_slice: int = 128,
+    timing: bool = False,
+    kube_api_qps: float = 0,
+    kube_api_burst: int = 0,
 ) -> RefDriver:
     name = driver or f"{unique_name('ref')}.kndkit.test"
     data = data_dir or harness.plugins_dir / name
@@ -623,6 +636,12 @@ def start_ref_driver(
         argv.append(f"--rolling-update-uid={rolling_update_uid}")
     if publish_devices:
         argv += [f"--publish-devices={publish_devices}", f"--publish-per-slice={publish_per_slice}"]
+    if timing:
+        argv.append("--timing")
+    if kube_api_qps:
+        argv.append(f"--kube-api-qps={kube_api_qps}")
+    if kube_api_burst:
+        argv.append(f"--kube-api-burst={kube_api_burst}")
     argv += list(extra_args)
     log_path = harness.root / f"{name}-{next(_counter)}.log"
     with log_path.open("wb") as err:
@@ -829,12 +848,9 @@ def start_kndkit_plugin(
     if not publisher:
         argv.append("--no-publisher")
     log_path = harness.root / f"kndkit-{driver}-{next(_counter)}.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            [str(REPO_ROOT / "python"), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
+    # An inherited PYTHONPATH (benches/run.sh's package snapshot) comes first.
+    paths = [p for p in (os.environ.get("PYTHONPATH", ""), str(REPO_ROOT / "python")) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     with log_path.open("wb") as err:
         popen = subprocess.Popen(
             argv,

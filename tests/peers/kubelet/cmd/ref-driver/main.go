@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
@@ -43,9 +45,47 @@ type driver struct {
 	healthDevices  []string
 	unhealthy      map[string]bool
 	healthInterval time.Duration
+
+	// Timing of the claim lookups (--timing): when the current
+	// NodePrepareResources call entered the gRPC server, and for each call
+	// how long it took until PrepareResourceClaims was called, which is the
+	// helper's GET of every claim (plus its lock and request conversion).
+	timingMu  sync.Mutex
+	timing    bool
+	callStart time.Time
+	getNS     []int64
+}
+
+// intercept notes when each NodePrepareResources call (v1 or v1beta1)
+// arrives; the helper serialises calls, so one field is enough.
+func (d *driver) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if strings.HasSuffix(info.FullMethod, "/NodePrepareResources") {
+		d.timingMu.Lock()
+		d.callStart = time.Now()
+		d.timingMu.Unlock()
+	}
+	return handler(ctx, req)
+}
+
+// dumpTimings prints the collected lookup durations and forgets them.
+func (d *driver) dumpTimings() {
+	d.timingMu.Lock()
+	got := d.getNS
+	d.getNS = nil
+	d.timingMu.Unlock()
+	b, _ := json.Marshal(map[string]any{"event": "timings", "get_ns": got})
+	fmt.Println(string(b))
 }
 
 func (d *driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	if d.timing {
+		d.timingMu.Lock()
+		if !d.callStart.IsZero() {
+			d.getNS = append(d.getNS, time.Since(d.callStart).Nanoseconds())
+			d.callStart = time.Time{}
+		}
+		d.timingMu.Unlock()
+	}
 	logger := klog.FromContext(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -127,7 +167,7 @@ func (d *driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletpl
 	}
 }
 
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+func kubeClient(kubeconfig string, qps float64, burst int) (kubernetes.Interface, error) {
 	var cfg *rest.Config
 	if kubeconfig != "" {
 		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
@@ -139,6 +179,14 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 		// The helper insists on a client; without an API server every
 		// claim lookup fails (connection refused), which tests may want.
 		cfg = &rest.Config{Host: "http://127.0.0.1:1", Timeout: 5 * time.Second}
+	}
+	// client-go's defaults (5 QPS, burst 10) throttle a benchmark's loop of
+	// claim GETs to one per 200 ms; the benchmark lifts them.
+	if qps > 0 {
+		cfg.QPS = float32(qps)
+	}
+	if burst > 0 {
+		cfg.Burst = burst
 	}
 	return kubernetes.NewForConfig(cfg)
 }
@@ -161,6 +209,9 @@ func main() {
 	regSocket := flag.String("registrar-socket", "", "registration socket file name (default <driver>-reg.sock)")
 	publishDevices := flag.Int("publish-devices", 0, "publish this many devices (pool = node name) through the helper's PublishResources; SIGUSR1 publishes the same set again")
 	perSlice := flag.Int("publish-per-slice", 128, "devices per ResourceSlice when publishing")
+	kubeQPS := flag.Float64("kube-api-qps", 0, "client-side rate limit of API requests (0: client-go's default, 5)")
+	kubeBurst := flag.Int("kube-api-burst", 0, "client-side burst of API requests (0: client-go's default, 10)")
+	timing := flag.Bool("timing", false, "time the helper's claim lookups; SIGUSR2 prints them as a timings event")
 	flag.Parse()
 
 	ctx, cancel := context.WithCancelCause(context.Background())
@@ -168,7 +219,7 @@ func main() {
 	sigCtx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	client, err := kubeClient(*kubeconfig)
+	client, err := kubeClient(*kubeconfig, *kubeQPS, *kubeBurst)
 	if err != nil {
 		klog.ErrorS(err, "kube client")
 		os.Exit(1)
@@ -215,6 +266,17 @@ func main() {
 	}
 	if *rollingUID != "" {
 		opts = append(opts, kubeletplugin.RollingUpdate(types.UID(*rollingUID)))
+	}
+	if *timing {
+		d.timing = true
+		opts = append(opts, kubeletplugin.GRPCInterceptor(d.intercept))
+		usr2 := make(chan os.Signal, 1)
+		signal.Notify(usr2, syscall.SIGUSR2)
+		go func() {
+			for range usr2 {
+				d.dumpTimings()
+			}
+		}()
 	}
 	if *regSocket != "" {
 		opts = append(opts, kubeletplugin.RegistrarSocketFilename(*regSocket))
