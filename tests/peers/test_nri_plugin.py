@@ -512,6 +512,51 @@ async def test_slow_hook_fails_request_cleanly_and_stays_connected(
         assert (await rt_call(rt, "list_plugins"))["live"] == ["10-slow"]
 
 
+@pytest.mark.parametrize(
+    ("keep_connected", "fail_request"), [(False, False), (True, False), (True, True)]
+)
+async def test_failure_policy_when_the_deadline_is_missed_anyway(
+    nri_runtime_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    keep_connected: bool,
+    fail_request: bool,
+) -> None:
+    """With the plugin's own cut-off disabled the runtime's timeout applies its policy."""
+    import kndkit.nri.plugin as plugin_mod
+
+    monkeypatch.setattr(plugin_mod, "DEADLINE_MARGIN_MIN", -5.0)
+    monkeypatch.setattr(plugin_mod, "DEADLINE_MARGIN_MAX", -5.0)
+    rt = nri_runtime_factory("v0.12", request_timeout=1.0)
+
+    class Late(Plugin):
+        async def run_pod_sandbox(self, pod: Pod) -> None:
+            if pod.name == "late":
+                await asyncio.sleep(1.5)
+
+    p = Late(
+        "late",
+        "10",
+        socket_path=str(rt.socket),
+        keep_connected=keep_connected,
+        fail_request=fail_request,
+    )
+    async with running(p):
+        await wait_plugins(rt)
+        ok, err = await rt_try(rt, "run_pod_sandbox", pod=make_pod("late"))
+        assert ok is not fail_request, err
+        if fail_request:
+            assert "failed to handle RunPodSandbox request" in err
+        if keep_connected:
+            assert (await rt_call(rt, "list_plugins"))["live"] == ["10-late"]
+            await rt_call(rt, "run_pod_sandbox", pod=make_pod("fine"))
+            assert not rt.events_named("plugin_closed")
+        else:
+            assert await until(lambda: bool(rt.events_named("plugin_closed")))
+            # dropped: the plugin redials and is synchronised again
+            assert await wait_plugins(rt) == ["10-late"]
+            assert len(rt.events_named("plugin_synchronized")) == 2
+
+
 async def test_runtime_restart_reconnects_and_resynchronises(
     nri_binaries: Any, nri_runtime_factory: Any
 ) -> None:

@@ -188,6 +188,19 @@ class Plugin:
     ``connected`` is set while registered with a runtime; ``synchronized`` once
     the current connection's Synchronize has been answered. Both clear when the
     connection ends.
+
+    ``reconnect=False`` makes :meth:`run` return when the first connection ends
+    (or raise :class:`~kndkit.errors.NotAvailable` when it cannot dial);
+    ``backoff_max`` caps the redial delay (seconds; starts at 0.5 s, doubles,
+    each wait drawn from [delay/2, delay]).
+
+    ``keep_connected`` and ``fail_request`` are the plugin's failure policy,
+    sent in the Configure answer and honoured by runtimes built with
+    containerd/nri v0.12.5 (older ones ignore it): what the runtime does when a
+    request to this plugin times out anyway (the plugin's own deadline handling
+    normally answers first). By default the runtime drops the plugin and lets
+    the request proceed without it; ``keep_connected`` keeps the connection,
+    ``fail_request`` makes the request fail.
     """
 
     def __init__(
@@ -198,6 +211,8 @@ class Plugin:
         socket_path: str | None = None,
         reconnect: bool = True,
         backoff_max: float = BACKOFF_MAX,
+        keep_connected: bool = False,
+        fail_request: bool = False,
     ) -> None:
         env_fd = os.environ.get("NRI_PLUGIN_SOCKET", "")
         self._fd: int | None = None
@@ -218,6 +233,8 @@ class Plugin:
         self.socket_path = socket_path or DEFAULT_SOCKET
         self.reconnect = reconnect
         self.backoff_max = backoff_max
+        self.keep_connected = keep_connected
+        self.fail_request = fail_request
         self.connected = asyncio.Event()
         self.synchronized = asyncio.Event()
         self.runtime: RuntimeInfo | None = None
@@ -613,7 +630,11 @@ class _Session:
             await self._call_hook(
                 "configure", ctx, hook, req.config, req.runtime_name, req.runtime_version
             )
-        return pb.ConfigureResponse(events=self.plugin.event_mask).SerializeToString()
+        resp = pb.ConfigureResponse(events=self.plugin.event_mask)
+        if self.plugin.keep_connected or self.plugin.fail_request:
+            resp.failure_policy.keep_connected = self.plugin.keep_connected
+            resp.failure_policy.fail_request = self.plugin.fail_request
+        return resp.SerializeToString()
 
     async def _synchronize(self, payload: bytes, ctx: RequestContext) -> bytes:
         req = self._decode(pb.SynchronizeRequest, payload)
