@@ -609,6 +609,46 @@ async def test_plugin_dropped_by_runtime_reconnects(nri_runtime: NRIRuntime) -> 
         assert len(asyncio.all_tasks()) == tasks
 
 
+async def test_updates_from_hooks_reach_the_runtime(nri_runtime: NRIRuntime) -> None:
+    pod = make_pod("upd")
+    ctr = make_container("c", pod)
+
+    class Updater(Plugin):
+        async def synchronize(
+            self, pods: list[Pod], containers: list[Container]
+        ) -> list[ContainerUpdate]:
+            return [ContainerUpdate(c.id).set_memory_limit(1 << 30) for c in containers]
+
+        async def update_container(
+            self, pod: Pod, ctr: Container, resources: Any
+        ) -> list[ContainerUpdate]:
+            assert resources is not None and resources.memory.limit.value == 1 << 28
+            return [ContainerUpdate(ctr.id).set_cpuset(cpus="0-1")]
+
+        async def stop_container(self, pod: Pod, ctr: Container) -> ContainerUpdate:
+            return ContainerUpdate("other-ctr", ignore_failure=True).set_cpuset(mems="0")
+
+    await asyncio.to_thread(nri_runtime.set_state, [pod], [ctr])
+    p = Updater("updater", "10", socket_path=str(nri_runtime.socket))
+    async with running(p):
+        await wait_plugins(nri_runtime)
+        (sync,) = await connect_syncs(nri_runtime)
+        (u,) = sync["updates"]
+        assert u["container_id"] == ctr["id"]
+        assert int(u["linux"]["resources"]["memory"]["limit"]["value"]) == 1 << 30
+        res = await rt_call(
+            nri_runtime,
+            "update_container",
+            pod=pod,
+            container=ctr,
+            linux_resources={"memory": {"limit": {"value": str(1 << 28)}}},
+        )
+        assert [x["linux"]["resources"]["cpu"]["cpus"] for x in res["update"]] == ["0-1"]
+        res = await rt_call(nri_runtime, "stop_container", pod=pod, container=ctr)
+        (u,) = res["update"]
+        assert u["container_id"] == "other-ctr" and u["ignore_failure"] is True
+
+
 async def test_unsolicited_container_updates(nri_runtime: NRIRuntime) -> None:
     p = Syncer("kndkit", "10", socket_path=str(nri_runtime.socket))
     async with running(p):
