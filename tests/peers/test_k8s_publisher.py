@@ -379,6 +379,17 @@ async def test_background_updates_are_coalesced_and_steady_state_writes_nothing(
     assert publisher.stats.writes == 1
 
 
+async def test_publish_supersedes_a_pending_update(
+    kube_apiserver: KubeCluster, publisher: SlicePublisher, node: str
+) -> None:
+    await publisher.start()
+    publisher.update(nics(3))
+    stats = await publisher.publish(nics(4))  # before the background task ran
+    await asyncio.wait_for(publisher.wait_idle(), 60)
+    assert sorted(published_devices(slices_of(kube_apiserver, node))) == [d.name for d in nics(4)]
+    assert stats.writes == publisher.stats.writes == 1
+
+
 async def test_slice_deleted_by_someone_else_is_recreated(
     kube_apiserver: KubeCluster, publisher: SlicePublisher, node: str
 ) -> None:

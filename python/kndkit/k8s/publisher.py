@@ -293,8 +293,10 @@ class SlicePublisher:
             finally:
                 self._last_sync = asyncio.get_running_loop().time()
             self._last_error = None
-            if self._started and self._dirty.is_set():
+            if self._dirty.is_set() and self._started:
                 self._idle.clear()
+            else:
+                self._idle.set()  # an update() this publish superseded is done too
             return self.stats - before
 
     async def wait_idle(self) -> None:
@@ -367,7 +369,8 @@ class SlicePublisher:
                 await asyncio.sleep(delay)
             async with self._lock:
                 if not self._dirty.is_set():
-                    continue  # a publish() did it meanwhile
+                    self._idle.set()  # a publish() did it meanwhile
+                    continue
                 self._dirty.clear()
                 try:
                     await self._sync()
@@ -532,13 +535,12 @@ class SlicePublisher:
         )
         for s in deletes:
             await self._delete(s)
-        for name in sorted(to_write):
-            obj = wanted[name]
-            obj["spec"]["pool"]["generation"] = generation
-            if name in ours:
-                await self._update(obj, ours[name])
-            else:
-                await self._create(obj)
+        for name in to_write:
+            wanted[name]["spec"]["pool"]["generation"] = generation
+        for name in sorted(n for n in to_write if n in ours):
+            await self._update(wanted[name], ours[name])
+        for name in sorted(n for n in to_write if n not in ours):
+            await self._create(wanted[name])
         self._generation = max(self._generation, generation)
         self._placed = placement
 
