@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -495,6 +496,7 @@ def apiserver_without_v1(kube_peers_built: Any) -> Iterator[KubeCluster]:
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def test_server_without_resource_v1_is_a_clear_error(
