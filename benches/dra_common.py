@@ -13,6 +13,7 @@ import http.client
 import json
 import math
 import pathlib
+import socket
 import ssl
 import sys
 import threading
@@ -242,9 +243,11 @@ class SliceWatch:
                         self._slices[name] = obj
                     self._complete.append((now, self._devices_if_consistent()))
                     self._cond.notify_all()
-        except (OSError, ValueError, http.client.HTTPException):
-            if not self._stop:
+        except Exception:
+            if not self._stop:  # stop() cuts the stream: anything may be raised then
                 raise
+        finally:
+            resp.close()
 
     def _devices_if_consistent(self) -> int:
         slices = list(self._slices.values())
@@ -288,13 +291,13 @@ class SliceWatch:
 
     def stop(self) -> None:
         self._stop = True
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                if self._conn.sock is not None:
-                    self._conn.sock.shutdown(2)
-            self._conn.close()
+        if self._conn is not None and self._conn.sock is not None:
+            with contextlib.suppress(OSError):
+                self._conn.sock.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(5)
+        if self._conn is not None:
+            self._conn.close()
 
 
 def write_results(name: str, doc: dict[str, Any]) -> pathlib.Path:
