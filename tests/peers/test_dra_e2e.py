@@ -321,6 +321,37 @@ def test_errors_are_per_claim_and_persist_nothing(world: World, start_plugin: An
     assert world.records(plugin) == {}
 
 
+def test_preparer_failures(world: World, start_plugin: Any) -> None:
+    plugin = start_plugin(status=True)
+    plugin.call("publish", devices=4)
+    world.wait_devices(4)
+    broken = world.claim(config={"failPrepare": True})
+    flaky = world.claim(config={"failUnprepareOnce": True})
+
+    out = world.harness.prepare(world.driver, [_ref(broken), _ref(flaky)])
+    claims = out["response"]["claims"]
+    assert "injected failure preparing" in claims[_uid(broken)]["error"]
+    assert claims[_uid(broken)]["devices"] == []
+    assert claims[_uid(flaky)]["error"] == ""
+    assert set(world.records(plugin)) == {_uid(flaky)}  # nothing left of the failed one
+    events = world.api.request(
+        "GET",
+        f"/api/v1/namespaces/{world.namespace}/events?fieldSelector="
+        f"involvedObject.name={broken['metadata']['name']}",
+    )["items"]
+    assert any("injected failure" in e.get("message", "") for e in events), events
+
+    # A failed unprepare is a per-claim error; the record stays (UNPREPARING) and
+    # the kubelet's retry finishes it.
+    out = world.harness.unprepare(world.driver, [_ref(flaky)])
+    assert "injected failure unpreparing" in out["response"]["claims"][_uid(flaky)]["error"]
+    assert world.records(plugin)[_uid(flaky)]["phase"] == "unpreparing"
+    out = world.harness.unprepare(world.driver, [_ref(flaky)])
+    assert out["response"]["claims"][_uid(flaky)] == {"error": ""}
+    assert world.records(plugin) == {}
+    assert len(plugin.events_named("unprepare_claim")) == 2
+
+
 def test_claim_deleted_before_unprepare(world: World, start_plugin: Any) -> None:
     plugin = start_plugin(status=True)
     plugin.call("publish", devices=2)

@@ -64,6 +64,10 @@ class NetConfig(BaseModel):
 
     interfaceName: str | None = Field(default=None, min_length=1, max_length=15)
     mtu: int = Field(default=1500, ge=68, le=9216)
+    # Failure injection for the tests: the preparer raises (not a config error),
+    # or the first unprepare of the claim raises.
+    failPrepare: bool = False
+    failUnprepareOnce: bool = False
 
 
 def test_devices(n: int) -> list[Device]:
@@ -96,6 +100,7 @@ class TestPreparer:
         self.driver = driver
         self.out = out
         self.status = status
+        self.failed_once: set[str] = set()
 
     async def prepare_claim(self, claim: Claim) -> PreparedClaim:
         devices: list[PreparedDevice] = []
@@ -112,8 +117,13 @@ class TestPreparer:
                     share_id=d.share_id,
                 )
             )
+            if cfg.failPrepare:
+                raise RuntimeError(f"injected failure preparing device {d.device}")
             ifname = cfg.interfaceName or f"net{i + 1}"
-            plans.append({"device": d.device, "pool": d.pool, "ifname": ifname, "mtu": cfg.mtu})
+            plan = {"device": d.device, "pool": d.pool, "ifname": ifname, "mtu": cfg.mtu}
+            if cfg.failUnprepareOnce:
+                plan["fail_unprepare_once"] = True
+            plans.append(plan)
             statuses.append(DeviceStatus(pool=d.pool, device=d.device, interface_name=ifname))
         if not devices:
             raise RuntimeError(f"claim has no device of driver {self.driver}")
@@ -124,6 +134,10 @@ class TestPreparer:
         self.out.event(
             "unprepare_claim", uid=record.uid, phase=record.phase.value, plans=record.plans
         )
+        plans = record.plans if isinstance(record.plans, list) else []
+        if any(p.get("fail_unprepare_once") for p in plans) and record.uid not in self.failed_once:
+            self.failed_once.add(record.uid)
+            raise RuntimeError("injected failure unpreparing the claim")
 
 
 async def main(argv: list[str]) -> int:
