@@ -78,13 +78,23 @@ class Side:
     kndkit: KndkitPlugin | None = None
     go: RefDriver | None = None
 
-    def lookup_ms(self) -> list[float]:
-        """Per prepare call since the last call: the claim GET, in ms."""
+    def lookups(self) -> list[dict[str, float]]:
+        """Per prepare call since the last call, in ms: ``get`` (the claim GET)
+        and, for kndkit, ``store``/``preparer``/``service`` (ClaimService total)."""
         if self.kndkit is not None:
             timings = self.kndkit.call("timings")["timings"]
-            return [t["get_s"] * 1e3 for t in timings if not t["cached"]]
+            return [
+                {
+                    "get": t["get_s"] * 1e3,
+                    "store": t["store_s"] * 1e3,
+                    "preparer": t["prepare_s"] * 1e3,
+                    "service": t["total_s"] * 1e3,
+                }
+                for t in timings
+                if not t["cached"]
+            ]
         assert self.go is not None
-        return [n / 1e6 for n in self.go.lookup_timings()]
+        return [{"get": n / 1e6} for n in self.go.lookup_timings()]
 
 
 @dataclass
@@ -184,23 +194,33 @@ def test_dra_prepare_latency(benchmark: Any, dra_sides: Setup, devices: int) -> 
     got: dict[str, dict[str, list[float]]] = {
         impl: {"prepare": [], "unprepare": [], "get": [], "beyond_get": []} for impl in IMPLS
     }
+    for key in ("store", "preparer", "service", "outside_service"):
+        got["kndkit"][key] = []
 
     def one_round() -> None:
         order = list(IMPLS)
         rng.shuffle(order)
         for impl in order:
             side = dra_sides.sides[impl]
-            side.lookup_ms()  # forget earlier lookups
+            side.lookups()  # forget earlier ones
             res = dra_sides.harness.bench(
                 side.driver, [claim_ref(side.claims[devices])], count, warmup=warmup
             )
             prep = [n / 1e6 for n in res["prepare_ns"]]
-            lookups = side.lookup_ms()[warmup:]
+            lookups = side.lookups()[warmup:]
             assert len(lookups) == count, (impl, len(lookups))
-            got[impl]["prepare"] += prep
-            got[impl]["unprepare"] += [n / 1e6 for n in res["unprepare_ns"]]
-            got[impl]["get"] += lookups
-            got[impl]["beyond_get"] += [p - g for p, g in zip(prep, lookups, strict=True)]
+            g = got[impl]
+            g["prepare"] += prep
+            g["unprepare"] += [n / 1e6 for n in res["unprepare_ns"]]
+            g["get"] += [x["get"] for x in lookups]
+            g["beyond_get"] += [p - x["get"] for p, x in zip(prep, lookups, strict=True)]
+            if impl == "kndkit":
+                g["store"] += [x["store"] for x in lookups]
+                g["preparer"] += [x["preparer"] for x in lookups]
+                g["service"] += [x["service"] for x in lookups]
+                g["outside_service"] += [
+                    p - x["service"] for p, x in zip(prep, lookups, strict=True)
+                ]
 
     benchmark.group = f"dra_prepare devices={devices}"
     benchmark.pedantic(one_round, rounds=n_rounds, iterations=1)

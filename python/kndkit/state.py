@@ -3,6 +3,15 @@
 Every state change is one SQLite transaction, committed (``synchronous=FULL`` in
 WAL mode: the write-ahead log is fsynced at each commit) before the method
 returns, so the caller acts only on state that survives a crash or a power cut.
+
+``put``/``set_phase`` take ``sync=False`` for a record whose only job is to
+survive a crash of the *process*: the commit is then written to the WAL (the
+OS keeps it, other processes see it, a SIGKILL loses nothing) without waiting
+for the fsync, which the next synced commit covers. The claim service uses it
+for the PREPARING and UNPREPARING marks: they guard the node state a driver
+changes between them and the next synced write, and that state does not
+survive a power cut either. Atomicity is the same in both modes.
+
 A claim goes through these phases::
 
     (absent) --put(PREPARING)--> PREPARING --put(PREPARED)--> PREPARED
@@ -297,23 +306,33 @@ class StateStore:
     # ---- plumbing
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+    def _transaction(self, sync: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error.
+
+        ``sync=False`` commits with ``synchronous=NORMAL`` (no fsync in WAL mode).
+        """
         db = self._db
         try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
+            if not sync:
+                db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException as e:
+                    if db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
+                    if isinstance(e, sqlite3.Error):
+                        raise StateError(f"state file {self.path}: write failed: {e}") from None
+                    raise
+            finally:
+                if not sync:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as e:  # the PRAGMA or BEGIN (locked, closed)
             raise StateError(f"state file {self.path}: cannot start a write: {e}") from None
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException as e:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
-                raise StateError(f"state file {self.path}: write failed: {e}") from None
-            raise
 
     def _row(self, row: Sequence[Any]) -> ClaimRecord:
         uid = str(row[0])
@@ -368,8 +387,11 @@ class StateStore:
 
     # ---- writes (each one committed and synced before it returns)
 
-    def put(self, record: ClaimRecord) -> ClaimRecord:
+    def put(self, record: ClaimRecord, *, sync: bool = True) -> ClaimRecord:
         """Insert or replace ``record``; return it as stored (with timestamps).
+
+        ``sync=False``: committed without waiting for the fsync (see the module
+        docstring: survives a process crash, not a power cut).
 
         Raises :class:`~kndkit.errors.InvalidArgument` (nothing written) for a
         record whose plans are not JSON data or whose fields are malformed.
@@ -379,7 +401,7 @@ class StateStore:
         devices = _encode_devices(record.devices)
         pods = json.dumps(list(record.pod_uids))
         now = time.time()
-        with self._lock, self._transaction() as db:
+        with self._lock, self._transaction(sync) as db:
             row = db.execute(
                 "SELECT created_at FROM claims WHERE uid = ?", (record.uid,)
             ).fetchone()
@@ -400,11 +422,14 @@ class StateStore:
             )
         return replace(record, created_at=created, updated_at=now, plans=json.loads(plans))
 
-    def set_phase(self, uid: str, phase: ClaimPhase) -> ClaimRecord:
-        """Move claim ``uid`` to ``phase``; raise :class:`StateError` if it has no record."""
+    def set_phase(self, uid: str, phase: ClaimPhase, *, sync: bool = True) -> ClaimRecord:
+        """Move claim ``uid`` to ``phase``; raise :class:`StateError` if it has no record.
+
+        ``sync`` as for :meth:`put`.
+        """
         phase = ClaimPhase(phase)
         now = time.time()
-        with self._lock, self._transaction() as db:
+        with self._lock, self._transaction(sync) as db:
             cur = db.execute(
                 "UPDATE claims SET phase = ?, updated_at = ? WHERE uid = ?",
                 (phase.value, now, uid),

@@ -238,13 +238,13 @@ _WRITER = textwrap.dedent(
     i = start
     while count < 0 or i < start + count:
         ref = ClaimRef("ns", f"{{tag}}-{{i}}", f"{{tag}}-{{i}}")
-        s.put(ClaimRecord.for_claim(ref, ClaimPhase.PREPARING, pod_uids=[f"pod-{{i}}"]))
+        s.put(ClaimRecord.for_claim(ref, ClaimPhase.PREPARING, pod_uids=[f"pod-{{i}}"]), sync=False)
         print(f"{{i}} preparing", flush=True)
         s.put(ClaimRecord.for_claim(ref, ClaimPhase.PREPARED, devices=devices(i), plans=plans(i),
                                     pod_uids=[f"pod-{{i}}"]))
         print(f"{{i}} prepared", flush=True)
         if i % 2 == 0:
-            s.set_phase(ref.uid, ClaimPhase.UNPREPARING)
+            s.set_phase(ref.uid, ClaimPhase.UNPREPARING, sync=False)
             print(f"{{i}} unpreparing", flush=True)
             s.delete(ref.uid)
             print(f"{{i}} deleted", flush=True)
@@ -406,3 +406,18 @@ async def test_threads_from_asyncio(store: StateStore) -> None:
     got = await asyncio.gather(*(asyncio.to_thread(store.get, f"uid-{i}") for i in range(40)))
     assert all(g is not None and g.uid == f"uid-{i}" for i, g in enumerate(got))
     assert len(store) == 40
+
+
+def test_unsynced_marks_are_committed_and_full_sync_comes_back(store: StateStore) -> None:
+    store.put(_rec(1, ClaimPhase.PREPARING, devices=()), sync=False)
+    # Committed: another connection (another process) sees it at once.
+    other = sqlite3.connect(store.path)
+    assert other.execute("SELECT phase FROM claims").fetchall() == [("preparing",)]
+    store.set_phase("uid-1", ClaimPhase.UNPREPARING, sync=False)
+    assert other.execute("SELECT phase FROM claims").fetchall() == [("unpreparing",)]
+    other.close()
+    # Every later write is fully synced again (2 = FULL).
+    assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)
+    with pytest.raises(StateError):
+        store.set_phase("uid-9", ClaimPhase.UNPREPARING, sync=False)
+    assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)
