@@ -22,7 +22,7 @@ controller, which waits for its informer by polling once a second: the Go wall
 time includes that start (about 1 s), as a driver's first publish does.
 Nothing is asserted about time; the write counts of kndkit are checked
 against its own stats and a complete pool is required. ``--benchmark-disable``: one
-round. Knobs: rounds 3 scaled by ``KNDKIT_BENCH_ROUNDS_SCALE``.
+round, 0.5 s settle times. Knobs: rounds 3 scaled by ``KNDKIT_BENCH_ROUNDS_SCALE``.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from benches.dra_common import (  # noqa: F401 - fixtures are registered by impo
 DEVICES = 1024
 ROUNDS = 3
 SETTLE_S = float(os.environ.get("KNDKIT_DRA_BENCH_SETTLE", "2"))
+SMOKE_SETTLE_S = 0.5
 IMPLS = ("kndkit", "go")
 
 
@@ -85,7 +86,7 @@ def publish_env(
             kube_apiserver.delete_node(harness.node_name)
 
 
-def _round(env: Env, impl: str) -> dict[str, Any]:
+def _round(env: Env, impl: str, settle: float) -> dict[str, Any]:
     driver = f"{unique_name(impl)}.pub.kndkit.test"
     watch = SliceWatch(env.api, driver).start()
     proc: Any = None
@@ -112,7 +113,7 @@ def _round(env: Env, impl: str) -> dict[str, Any]:
             done = watch.wait_complete(DEVICES, after_ns=t0)
             own = None
         # Late writes (a controller fixing something up) count too.
-        time.sleep(SETTLE_S)
+        time.sleep(settle)
         writes = watch.count(after_ns=t0)
         kinds = watch.kinds(after_ns=t0)
         if own is not None:
@@ -124,7 +125,7 @@ def _round(env: Env, impl: str) -> dict[str, Any]:
         else:
             proc.republish()
             proc.wait_event("publishing", count=2)
-        time.sleep(SETTLE_S)
+        time.sleep(settle)
         resync_writes = watch.count(after_ns=t1)
         return {
             "wall_ms": (done - t0) / 1e6,
@@ -143,6 +144,7 @@ def _round(env: Env, impl: str) -> dict[str, Any]:
 def test_dra_publish_1024(benchmark: Any, publish_env: Env) -> None:
     smoke = bool(benchmark.disabled)
     n_rounds = 1 if smoke else rounds(ROUNDS)
+    settle = SMOKE_SETTLE_S if smoke else SETTLE_S
     rng = random.Random()
     got: dict[str, list[dict[str, Any]]] = {impl: [] for impl in IMPLS}
 
@@ -150,7 +152,7 @@ def test_dra_publish_1024(benchmark: Any, publish_env: Env) -> None:
         order = list(IMPLS)
         rng.shuffle(order)
         for impl in order:
-            got[impl].append(_round(publish_env, impl))
+            got[impl].append(_round(publish_env, impl, settle))
 
     benchmark.group = f"dra_publish devices={DEVICES}"
     benchmark.pedantic(one_round, rounds=n_rounds, iterations=1)
@@ -169,7 +171,7 @@ def test_dra_publish_1024(benchmark: Any, publish_env: Env) -> None:
         kind="dra_publish",
         devices=DEVICES,
         rounds=n_rounds,
-        settle_s=SETTLE_S,
+        settle_s=settle,
         impls=summary,
         targets="kndkit writes <= 9, resync writes 0",
         target_met=max(k["writes"]) <= 9 and max(k["resync_writes"]) == 0,
