@@ -554,6 +554,8 @@ def test_reference_driver_publishes_and_harness_benches(world: World, ref_dra_dr
     assert res["claims"] == 1 and res["api"] == V1
     assert len(res["prepare_ns"]) == 5 and len(res["unprepare_ns"]) == 5
     assert all(isinstance(n, int) and n > 0 for n in res["prepare_ns"] + res["unprepare_ns"])
+    res = world.harness.bench(drv.driver, [_ref(claim)], 2, api="v1beta1")
+    assert res["api"] == V1BETA1 and len(res["prepare_ns"]) == 2
     # A failing claim fails the bench instead of timing errors.
     unallocated = world.claim(allocate=False)
     with pytest.raises(KubeletHarnessError) as err:
