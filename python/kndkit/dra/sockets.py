@@ -107,17 +107,22 @@ async def listen_unix(server: Any, path: str) -> BoundSocket:
     never longer than ``path``'s own file name when that is at least 8 bytes, so
     a path that fits also binds.
     """
-    check_socket_path("socket", path)
-    remove_stale_socket(path)
-    hidden = _hidden_name(os.path.dirname(path))
-    check_socket_path("temporary socket", hidden)
     try:
-        port = server.add_insecure_port(f"unix:{hidden}")
-    except RuntimeError as e:
-        raise KndError(f"cannot listen on unix socket {hidden}: {e}") from e
-    if port == 0:
-        raise KndError(f"cannot listen on unix socket {hidden}")
-    await server.start()
+        check_socket_path("socket", path)
+        remove_stale_socket(path)
+        hidden = _hidden_name(os.path.dirname(path))
+        check_socket_path("temporary socket", hidden)
+        try:
+            port = server.add_insecure_port(f"unix:{hidden}")
+        except RuntimeError as e:
+            raise KndError(f"cannot listen on unix socket {hidden}: {e}") from e
+        if port == 0:
+            raise KndError(f"cannot listen on unix socket {hidden}")
+        await server.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await server.stop(None)  # release the server's resources while the loop runs
+        raise
     try:
         os.chmod(hidden, SOCKET_MODE)
         remove_stale_socket(path)  # again: something may have appeared meanwhile
