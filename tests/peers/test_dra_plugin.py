@@ -10,8 +10,10 @@ harness is driven through blocking calls, so every one runs on a thread
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import pathlib
+import signal
 import socket
 import stat
 import subprocess
@@ -266,6 +268,8 @@ async def test_stop_deregisters_and_removes_sockets(kubelet_harness: KubeletHarn
     assert ev["reason"] == "socket removed"
     assert not os.path.lexists(p.endpoint)
     assert not os.path.lexists(p.registration_socket)
+    assert os.listdir(p.plugin_dir) == []  # no hidden socket left either
+    assert os.listdir(h.registry_dir) == []
     assert not p.registered.is_set()
     await p.stop()  # twice is fine
     # and it can serve again
@@ -706,3 +710,49 @@ async def test_no_health_source_no_health_service(kubelet_harness_factory: Harne
         assert plugin["health"] is False
         with pytest.raises(KubeletHarnessError):
             await call(h.watch_health, p.driver_name, 1, timeout=5)
+
+
+# ------------------------------------------------------------------ SIGTERM, logs
+
+
+async def test_sigterm_handler_task_deregisters(kubelet_harness: KubeletHarness) -> None:
+    h = kubelet_harness
+    p = new_plugin(h, Handler())
+    loop = asyncio.get_running_loop()
+    stopped: list[asyncio.Task[None]] = []
+    loop.add_signal_handler(signal.SIGTERM, lambda: stopped.append(loop.create_task(p.stop())))
+    try:
+        await p.start()
+        await wait_registered(p, h)
+        os.kill(os.getpid(), signal.SIGTERM)
+        async with asyncio.timeout(30):
+            while not stopped:
+                await asyncio.sleep(0.01)
+            await stopped[0]
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        await p.stop()
+    await call(h.wait_deregistered, p.driver_name)
+    assert not os.path.lexists(p.endpoint)
+    assert not os.path.lexists(p.registration_socket)
+
+
+async def test_each_call_is_logged_with_a_request_id(
+    kubelet_harness: KubeletHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = kubelet_harness
+    handler = Handler()
+    handler.errors["uid-b"] = "bad config"
+    p = new_plugin(h, handler)
+    caplog.set_level(logging.INFO, logger="kndkit.dra")
+    async with p:
+        await wait_registered(p, h)
+        await call(h.prepare, p.driver_name, claims("a", "b"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "kndkit.dra"]
+    start = [m for m in lines if "NodePrepareResources for 2 claim(s)" in m]
+    assert len(start) == 1
+    rid = start[0].split()[1].rstrip(":")
+    assert "ns1/a (uid-a)" in start[0] and "ns1/b (uid-b)" in start[0]
+    mine = [m for m in lines if m.startswith(f"request {rid}:")]
+    assert any("claim ns1/b (uid-b): bad config" in m for m in mine)
+    assert any(" done in " in m and "ms: 2 claim(s), 1 error(s)" in m for m in mine)
