@@ -16,7 +16,6 @@ import pathlib
 import signal
 import socket
 import stat
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -41,7 +40,6 @@ from peers.kubelet_fixtures import (
     V1BETA1,
     KubeletHarness,
     KubeletHarnessError,
-    _die_with_parent,
     unique_name,
 )
 
@@ -425,50 +423,18 @@ async def test_concurrent_calls_never_overlap_with_flock(kubelet_harness: Kubele
 # ------------------------------------------------------------------ kubelet restart
 
 
-def restart_harness(h: KubeletHarness, bin_dir: pathlib.Path) -> KubeletHarness:
-    """Stop the harness process and start a new one on the same registry directory."""
-    h.request("shutdown", timeout=5.0)
-    h.popen.wait(10)
-    stderr_path = h.root / "harness-2.stderr"
-    with stderr_path.open("wb") as err:
-        popen = subprocess.Popen(
-            [
-                str(bin_dir / "kubelet-harness"),
-                f"--registry-dir={h.registry_dir}",
-                f"--node-name={h.node_name}",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            bufsize=1,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
-        )
-    h2 = KubeletHarness(h.root, h.registry_dir, h.plugins_dir, h.node_name, popen, stderr_path)
-    assert popen.stdout is not None
-    h2._reader = threading.Thread(target=h2._read, args=(popen.stdout,), daemon=True)
-    h2._reader.start()
-    h2.wait_event("ready", timeout=30)
-    return h2
-
-
-async def test_kubelet_restart_reregisters(
-    kubelet_harness: KubeletHarness, kubelet_peer_bin: pathlib.Path
-) -> None:
+async def test_kubelet_restart_reregisters(kubelet_harness: KubeletHarness) -> None:
     h = kubelet_harness
     handler = Handler()
     p = new_plugin(h, handler)
     async with p:
         await wait_registered(p, h)
         p.registered.clear()  # see it set again by the new "kubelet"
-        h2 = await call(restart_harness, h, kubelet_peer_bin)
-        try:
-            plugin = await wait_registered(p, h2)
-            assert plugin["endpoint"] == p.endpoint
-            r = await call(h2.prepare, p.driver_name, claims("after"))
-            assert r["response"]["claims"]["uid-after"]["error"] == ""
-        finally:
-            await call(h2.close)
+        await call(h.restart)
+        plugin = await wait_registered(p, h)
+        assert plugin["endpoint"] == p.endpoint
+        r = await call(h.prepare, p.driver_name, claims("after"))
+        assert r["response"]["claims"]["uid-after"]["error"] == ""
 
 
 # ------------------------------------------------------------------ rolling update
