@@ -722,3 +722,30 @@ async def test_each_call_is_logged_with_a_request_id(
     mine = [m for m in lines if m.startswith(f"request {rid}:")]
     assert any("claim ns1/b (uid-b): bad config" in m for m in mine)
     assert any(" done in " in m and "ms: 2 claim(s), 1 error(s)" in m for m in mine)
+
+
+class BrokenHealth:
+    """One good list (with an out-of-range status), then an exception."""
+
+    async def watch_health(self) -> AsyncIterator[Sequence[DeviceHealth]]:
+        yield [DeviceHealth("pool-a", "dev-0", 7, 1_700_000_000)]  # type: ignore[arg-type]
+        raise RuntimeError("sensor unplugged")
+
+
+async def test_health_source_failure_ends_the_stream_with_an_error(
+    kubelet_harness_factory: HarnessFactory,
+) -> None:
+    h = kubelet_harness_factory(health_versions=[HEALTH_V1])
+    p = new_plugin(h, Handler(), health=BrokenHealth())
+    async with p:
+        await wait_registered(p, h)
+        r = await call(h.watch_health, p.driver_name, 1)
+        # a status the wire does not know is reported as UNKNOWN
+        assert r["messages"][0]["devices"][0]["health"] == "UNKNOWN"
+        with pytest.raises(KubeletHarnessError) as e:
+            await call(h.watch_health, p.driver_name, 2)
+        assert e.value.code == "grpc_internal"
+        assert "RuntimeError: sensor unplugged" in e.value.message
+        # the plugin keeps serving
+        r = await call(h.prepare, p.driver_name, claims("a"))
+        assert r["response"]["claims"]["uid-a"]["error"] == ""
