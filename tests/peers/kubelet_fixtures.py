@@ -825,6 +825,7 @@ def start_kndkit_plugin(
     publisher: bool = True,
     min_interval: float = 0.2,
     plugin_dir: pathlib.Path | None = None,
+    durable_marks: bool = False,
 ) -> KndkitPlugin:
     """Start ``kubelet/kndkit_plugin.py`` registering into ``harness.registry_dir``."""
     data = plugin_dir or harness.plugins_dir / driver
@@ -847,6 +848,8 @@ def start_kndkit_plugin(
         argv.append("--status")
     if not publisher:
         argv.append("--no-publisher")
+    if durable_marks:
+        argv.append("--durable-marks")
     log_path = harness.root / f"kndkit-{driver}-{next(_counter)}.log"
     # An inherited PYTHONPATH (benches/run.sh's package snapshot) comes first.
     paths = [p for p in (os.environ.get("PYTHONPATH", ""), str(REPO_ROOT / "python")) if p]

@@ -322,7 +322,7 @@ def test_errors_are_per_claim_and_persist_nothing(world: World, start_plugin: An
 
 
 def test_preparer_failures(world: World, start_plugin: Any) -> None:
-    plugin = start_plugin(status=True)
+    plugin = start_plugin(status=True, durable_marks=True)
     plugin.call("publish", devices=4)
     world.wait_devices(4)
     broken = world.claim(config={"failPrepare": True})

@@ -33,6 +33,9 @@ either), so they run on the loop thread like reads (tens of microseconds). The
 PREPARED record and the final delete wait for the fsync (the kubelet is told
 about them) and run in a worker thread (:func:`asyncio.to_thread`), so a slow
 disk never stalls the event loop. One fsync per prepare, one per unprepare.
+A preparer that leaves state which outlives a reboot (files such as CDI specs)
+asks for ``ClaimService(..., durable_marks=True)``: the marks are then fsynced
+too, in the worker thread.
 """
 
 from __future__ import annotations
@@ -132,6 +135,8 @@ class ClaimService:
     a reason the claim's owner can fix (bad configuration, a preparer error).
     ``on_timing`` is called with a :class:`ClaimTiming` for each prepared claim;
     the timings of the last call are also in :attr:`last_timings`.
+    ``durable_marks`` fsyncs the PREPARING/UNPREPARING marks as well (see the
+    module docstring).
     """
 
     def __init__(
@@ -143,6 +148,7 @@ class ClaimService:
         status: ClaimStatusWriter | None = None,
         *,
         on_timing: Callable[[ClaimTiming], None] | None = None,
+        durable_marks: bool = False,
     ) -> None:
         self.driver = driver
         self.reader = reader
@@ -150,6 +156,7 @@ class ClaimService:
         self.preparer = preparer
         self.status = status
         self.on_timing = on_timing
+        self.durable_marks = durable_marks
         self.last_timings: list[ClaimTiming] = []
 
     # ------------------------------------------------------------------ DRAHandler
@@ -256,8 +263,7 @@ class ClaimService:
         )
         t = time.perf_counter()
         try:
-            # A mark for process crashes only: no fsync, so no need for a thread.
-            self.store.put(pending, sync=False)
+            await self._mark(self.store.put, pending)
         except Exception as e:
             store_s += time.perf_counter() - t
             return failed(f"claim {ref.namespace}/{ref.name}: state store: {e}")
@@ -340,9 +346,15 @@ class ClaimService:
     async def _undo(self, rec: ClaimRecord) -> None:
         """UNPREPARING persisted -> preparer.unprepare_claim -> record deleted."""
         if rec.phase is not ClaimPhase.UNPREPARING:
-            rec = self.store.set_phase(rec.uid, ClaimPhase.UNPREPARING, sync=False)
+            rec = await self._mark(self.store.set_phase, rec.uid, ClaimPhase.UNPREPARING)
         await self.preparer.unprepare_claim(rec)
         await asyncio.to_thread(self.store.delete, rec.uid)
+
+    async def _mark(self, write: Callable[..., ClaimRecord], *args: Any) -> ClaimRecord:
+        """A PREPARING/UNPREPARING mark: unsynced on the loop thread, or durable in a thread."""
+        if self.durable_marks:
+            return await asyncio.to_thread(write, *args)
+        return write(*args, sync=False)
 
     async def _forget(self, rec: ClaimRecord) -> None:
         """Drop a PREPARING record after the preparer refused the claim."""

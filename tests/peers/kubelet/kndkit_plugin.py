@@ -17,7 +17,8 @@ Commands: ``publish`` (``devices``: how many; publishes now, returns the writes)
 ``update`` (``devices``; through the rate-limited background path), ``wait_idle``,
 ``stats`` (cumulative publisher writes), ``timings`` (per-claim prepare timings
 since the last ``timings``, then cleared), ``records`` (the state store),
-``replay`` (``ClaimService.replay`` again), ``stop``. Events (``"event"``):
+``replay`` (``ClaimService.replay`` again), ``stop``. ``--durable-marks`` turns
+on ``ClaimService(durable_marks=True)``. Events (``"event"``):
 ``ready`` (``endpoint``, ``registration_socket``, ``replay``: what the start's
 replay resolved), ``registered``, ``prepare_claim`` / ``unprepare_claim`` (each
 preparer call, with the claim's uid and, for unprepare, the persisted plans).
@@ -153,6 +154,7 @@ async def main(argv: list[str]) -> int:
     p.add_argument("--min-interval", type=float, default=0.2)
     p.add_argument("--status", action="store_true", help="write device status and events")
     p.add_argument("--no-publisher", action="store_true")
+    p.add_argument("--durable-marks", action="store_true", help="fsync PREPARING/UNPREPARING")
     p.add_argument("-v", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -177,6 +179,7 @@ async def main(argv: list[str]) -> int:
         TestPreparer(args.driver, out, args.status),
         writer,
         on_timing=timings.append,
+        durable_marks=args.durable_marks,
     )
     replayed = await service.replay()
     publisher = None
