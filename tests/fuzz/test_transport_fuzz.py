@@ -8,7 +8,9 @@ hypothesis adds a small number of new ones, so CI stays fast.
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,17 @@ from fuzz.transport_targets import CORPUS, TARGETS, decode_chunks, encode_chunks
 from fuzz.transport_targets import run_target as _run_target
 
 CASES = load()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Objects left in reference cycles by earlier tests (subprocess pipes, sockets)
+    would otherwise be closed by the garbage collector in the middle of an input
+    and read as an fd count change."""
+    gc.collect()
+    yield
+
+
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

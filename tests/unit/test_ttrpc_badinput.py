@@ -10,6 +10,7 @@ descriptor behind.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -82,6 +83,7 @@ async def echo(payload: bytes, ctx: RequestContext) -> bytes:
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[RawPeer, Mux, asyncio.Task[None]]]:
     """kndkit's server on conn 1 of one end; a raw peer on the other."""
+    gc.collect()  # garbage of earlier tests must not close fds during the count
     tasks_before = len(asyncio.all_tasks())
     fds_before = len(os.listdir("/proc/self/fd"))
     a, b = socket.socketpair()
