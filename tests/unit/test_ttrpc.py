@@ -273,9 +273,9 @@ async def test_deadline_margin_answers_before_the_callers_deadline(
         await asyncio.sleep(30)
         return b""
 
-    link = await make_link({(SVC, "Slow"): slow}, deadline_margin=0.2)
+    link = await make_link({(SVC, "Slow"): slow}, deadline_margin=1.0)
     with pytest.raises(TtrpcError) as err:
-        await link.client.call(SVC, "Slow", b"", timeout=0.5)
+        await link.client.call(SVC, "Slow", b"", timeout=2.0)
     assert err.value.code == Code.DEADLINE_EXCEEDED
     assert "did not finish within the caller's deadline" in err.value.message
 
