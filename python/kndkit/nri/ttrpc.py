@@ -20,11 +20,16 @@ maps an ordinary error to Unknown the same way).
 
 Bad input never crashes either side and never blocks other calls:
 
-* a header announcing more than 4 MiB, or a connection that ends inside a
-  message, closes the whole multiplexed socket with a logged error (the stream
-  cannot be resynchronised);
+* a header announcing more than 4 MiB closes the whole multiplexed socket
+  with a logged error (the stream cannot be resynchronised); a connection
+  that ends inside a message is logged as an error;
 * an undecodable request is answered with INVALID_ARGUMENT; an undecodable
-  response fails only the call it answers;
+  response fails only the call it answers (INTERNAL);
+* a request over 4 MiB is refused before sending (RESOURCE_EXHAUSTED, with
+  Go's wording ``message length N exceed maximum message size of 4194304``);
+  a handler result that would make a reply over 4 MiB is answered
+  RESOURCE_EXHAUSTED instead; a handler returning something other than bytes
+  is answered INTERNAL;
 * replies to calls that already timed out are dropped with a debug line;
 * too many requests in flight (``max_concurrent``) are answered with
   RESOURCE_EXHAUSTED;
