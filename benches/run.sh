@@ -29,7 +29,7 @@ fi
 export PYTHONPATH="$SNAP/pkg${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c 'import kndkit._native as n; print("== kndkit._native from", n.__file__)' >&2
 SUITES=("$@")
-[ ${#SUITES[@]} -eq 0 ] && SUITES=(attach detach discovery cpu rss nri_roundtrip)
+[ ${#SUITES[@]} -eq 0 ] && SUITES=(attach detach discovery cpu rss nri_roundtrip dra_prepare dra_publish)
 mkdir -p "$OUT"
 status=0
 for suite in "${SUITES[@]}"; do
@@ -44,6 +44,9 @@ for suite in "${SUITES[@]}"; do
   [ -s "$OUT/${suite}.json" ] && jsons+=("$OUT/${suite}.json")
 done
 [ ${#jsons[@]} -gt 0 ] && "$PY" benches/report.py "${jsons[@]}" | tee "$OUT/report.md"
+dra=()
+for s in dra_prepare dra_publish; do [ -s "$OUT/$s.json" ] && dra+=("$OUT/$s.json"); done
+[ ${#dra[@]} -gt 0 ] && "$PY" benches/dra_report.py "${dra[@]}" | tee -a "$OUT/report.md"
 # User-space cost per request in instructions (exact, unlike the tick-sampled
 # ru_utime split), converted to time with encode()'s native rate.
 if command -v valgrind >/dev/null && { [ ${#SUITES[@]} -eq 0 ] || [[ " ${SUITES[*]} " == *" cpu "* ]]; }; then
