@@ -332,6 +332,27 @@ async def test_concurrent_calls_to_the_runtime_are_matched_by_stream(
     assert sorted(u["container_id"] for u in recorded["updates"]) == sorted(ids)
 
 
+async def test_a_burst_of_calls_stays_inside_the_go_mux_queue(
+    nri_runtime: NRIRuntime, hand_plugin: Callable[..., Any]
+) -> None:
+    """5000 calls at once: the Go multiplexer closes the socket when more than
+    256 frames wait in one connection's queue; the client's ``max_in_flight``
+    keeps a burst inside it, so every call succeeds."""
+    plugin = await hand_plugin(nri_runtime)
+    await plugin.register()
+    await asyncio.to_thread(nri_runtime.wait_plugins, 1)
+    req = api.UpdateContainersRequest(update=[api.ContainerUpdate(container_id="c")])
+    body = req.SerializeToString()
+    replies = await asyncio.gather(
+        *(
+            plugin.client.call(RUNTIME_SVC, "UpdateContainers", body, timeout=60)
+            for _ in range(5000)
+        )
+    )
+    assert len(replies) == 5000
+    assert not plugin.mux.closed
+
+
 @BOTH
 async def test_pod_event_reaches_the_plugin(
     nri_runtime: NRIRuntime, hand_plugin: Callable[..., Any]

@@ -343,3 +343,36 @@ def test_error_codes_match_grpc() -> None:
     assert (odd.code, odd.raw_code) == (Code.UNKNOWN, 99)
     assert str(odd) == "99: from the future"
     assert ttrpc.MESSAGE_REQUEST == 1 and ttrpc.MESSAGE_RESPONSE == 2
+
+
+async def test_client_keeps_at_most_max_in_flight_calls_on_the_wire() -> None:
+    a, b = socket.socketpair()
+    cm, sm = await Mux.from_socket(a), await Mux.from_socket(b)
+    peak = 0
+
+    async def count(payload: bytes, ctx: RequestContext) -> bytes:
+        nonlocal peak
+        peak = max(peak, server.in_flight)
+        await asyncio.sleep(0.01)
+        return payload
+
+    server = TtrpcServer(sm.open(1), {(SVC, "Count"): count})
+    serving = asyncio.create_task(server.serve())
+    client = TtrpcClient(cm.open(1), max_in_flight=3)
+    try:
+        out = await asyncio.gather(*(client.call(SVC, "Count", b"%d" % i) for i in range(12)))
+        assert out == [b"%d" % i for i in range(12)]
+        assert peak == 3
+        # a call still waiting for a slot when its timeout passes says so
+        blockers = [asyncio.create_task(client.call(SVC, "Count", b"")) for _ in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(TtrpcError, match="waiting for a call slot"):
+            await client.call(SVC, "Count", b"", timeout=0.001)
+        await asyncio.gather(*blockers)
+        with pytest.raises(ValueError):
+            TtrpcClient(cm.open(1), max_in_flight=0)
+    finally:
+        await client.close()
+        await cm.close()
+        await sm.close()
+        await serving

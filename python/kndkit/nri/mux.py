@@ -37,7 +37,11 @@ against the runtime adaptation itself (``tests/peers/test_nri_transport.py``):
   the runtime's ttrpc *client* (connection 1) closes and the plugin is
   dropped; its ttrpc *server* (connection 2) stops reading, so a
   ``RegisterPlugin`` in such a frame is never answered and registration times
-  out. Frames longer than 4 MiB + 10 bytes tear the whole socket down.
+  out. Frames longer than 4 MiB + 10 bytes tear the whole socket down, and
+  so does a connection whose queue of received, not yet read frames
+  overflows (256 frames): a burst of 5000 requests sent at once kills the
+  socket, which is why :class:`~kndkit.nri.ttrpc.TtrpcClient` keeps at most
+  64 calls on the wire.
 * Measured against ``nri-harness`` (adaptation v0.12.5 and v0.11.0; each case
   is a test in ``tests/peers/test_nri_transport.py``): a ``Configure`` reply of
   4096 bytes in one frame is accepted; 4097 or 10000 bytes in one frame get

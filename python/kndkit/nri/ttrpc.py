@@ -55,6 +55,7 @@ from kndkit.nri.mux import TTRPC_HEADER_SIZE, TTRPC_MAX_MESSAGE, MuxClosed, MuxC
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENT",
+    "DEFAULT_MAX_IN_FLIGHT",
     "MESSAGE_DATA",
     "MESSAGE_REQUEST",
     "MESSAGE_RESPONSE",
@@ -75,6 +76,8 @@ MESSAGE_DATA = 3
 
 #: Requests a server runs at once before answering RESOURCE_EXHAUSTED.
 DEFAULT_MAX_CONCURRENT = 256
+#: Calls a client has on the wire at once (see :class:`TtrpcClient`).
+DEFAULT_MAX_IN_FLIGHT = 64
 
 _HDR = struct.Struct(">IIBB")
 _pack_hdr = _HDR.pack
@@ -432,9 +435,21 @@ class TtrpcClient:
     """Calls the server at the other end of ``conn``; calls may run concurrently.
 
     One reader task (started by the first call) routes replies to their calls.
+
+    Args:
+        conn: the connection to call on (for NRI: the runtime-service connection).
+        max_in_flight: calls sent and not yet answered at once; further calls
+            wait for a slot (inside their timeout). The Go multiplexer queues at
+            most 256 frames per connection and closes the whole socket when a
+            burst overflows that queue (seen against the runtime adaptation with
+            2000 concurrent calls); a request is at most 2 frames, so the default
+            stays well inside it.
     """
 
-    def __init__(self, conn: MuxConn) -> None:
+    def __init__(self, conn: MuxConn, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        self._slots = asyncio.Semaphore(max_in_flight)
         self._conn = conn
         self._next_id = 1
         self._pending: dict[int, asyncio.Future[bytes]] = {}
@@ -484,14 +499,17 @@ class TtrpcClient:
             raise TtrpcError(
                 Code.RESOURCE_EXHAUSTED, f"{service}/{method} not sent: {_oversize(len(body))}"
             )
-        stream_id = self._next_id
-        if stream_id > _MAX_STREAM_ID:
-            raise TtrpcError(Code.UNAVAILABLE, "ttrpc: stream ids exhausted; reconnect")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
+        stream_id = 0
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout), self._slots:
+                if self._closed_reason is not None:
+                    raise TtrpcError(Code.UNAVAILABLE, f"ttrpc: closed ({self._closed_reason})")
                 # Allocate the id and write with no await in between: ids go out in order.
+                stream_id = self._next_id
+                if stream_id > _MAX_STREAM_ID:
+                    raise TtrpcError(Code.UNAVAILABLE, "ttrpc: stream ids exhausted; reconnect")
                 self._next_id = stream_id + 2
                 self._pending[stream_id] = fut
                 if self._reader is None:
@@ -500,9 +518,9 @@ class TtrpcClient:
                 await self._conn.drain()
                 reply = await fut
         except TimeoutError:
+            where = f"stream {stream_id}" if stream_id else "still waiting for a call slot"
             raise TtrpcError(
-                Code.DEADLINE_EXCEEDED,
-                f"{service}/{method}: no reply within {timeout}s (stream {stream_id})",
+                Code.DEADLINE_EXCEEDED, f"{service}/{method}: no reply within {timeout}s ({where})"
             ) from None
         except MuxClosed as exc:
             raise TtrpcError(Code.UNAVAILABLE, f"ttrpc: closed ({exc})") from None
