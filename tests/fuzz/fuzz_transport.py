@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import pathlib
 import platform
 import sys
@@ -97,6 +98,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=20261130)
     args = ap.parse_args()
 
+    # the transport logs every refused input; keep the terminal for the counts
+    logging.getLogger("kndkit").propagate = False
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     known: set[tuple[str, ...]] = set()

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hypothesis import strategies as st
@@ -55,11 +55,23 @@ class _Templates(logging.Handler):
 
 
 _handler = _Templates()
-for _name in ("kndkit.nri.mux", "kndkit.nri.ttrpc"):
-    _logger = logging.getLogger(_name)
-    _logger.addHandler(_handler)
-    _logger.setLevel(logging.DEBUG)
-    _logger.propagate = False
+_LOGGERS = [logging.getLogger(name) for name in ("kndkit.nri.mux", "kndkit.nri.ttrpc")]
+
+
+@contextlib.contextmanager
+def _watch_logs() -> Iterator[None]:
+    """Collect the transport's log templates for one input (records still propagate)."""
+    _handler.seen = set()
+    levels = [lg.level for lg in _LOGGERS]
+    for lg in _LOGGERS:
+        lg.addHandler(_handler)
+        lg.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        for lg, level in zip(_LOGGERS, levels, strict=True):
+            lg.removeHandler(_handler)
+            lg.setLevel(level)
 
 
 def _fds() -> int:
@@ -112,9 +124,13 @@ async def run_target(target: str, chunks: Sequence[bytes]) -> tuple[str, ...]:
     Raises:
         FuzzFailure: an invariant broke.
     """
+    with _watch_logs():
+        return await _run_target(target, chunks)
+
+
+async def _run_target(target: str, chunks: Sequence[bytes]) -> tuple[str, ...]:
     tasks_before = len(asyncio.all_tasks())
     fds_before = _fds()
-    _handler.seen = set()
     a, raw = socket.socketpair()
     raw.setblocking(False)
     mux = await Mux.from_socket(a, drain_timeout=1.0)
