@@ -142,6 +142,8 @@ async def test_write_frame_sends_exactly_one_frame(pair: tuple[Mux, socket.socke
     assert [len(p) for _, p in await read_frames(raw, 10000)] == [10000]
     with pytest.raises(InvalidArgument, match="exceeds"):
         mux.write_frame(1, bytes(MAX_FRAME_PAYLOAD + 1))
+    with pytest.raises(InvalidArgument, match="not a uint32"):
+        mux.write_frame(-1, b"")
 
 
 async def test_unknown_connection_ids_are_dropped_with_a_log_line(

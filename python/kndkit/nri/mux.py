@@ -89,6 +89,7 @@ __all__ = [
     "MAX_FRAME_PAYLOAD",
     "PLUGIN_SERVICE_CONN",
     "READ_HIGH_WATER",
+    "READ_LOW_WATER",
     "RESERVED_CONN",
     "RUNTIME_SERVICE_CONN",
     "SPLIT_SIZE",
@@ -299,9 +300,12 @@ class Mux(asyncio.Protocol):
         """Send exactly one frame, without the split rule (for probing a peer).
 
         Raises:
-            InvalidArgument: ``payload`` is longer than :data:`MAX_FRAME_PAYLOAD`.
+            InvalidArgument: ``conn_id`` is not a uint32 or ``payload`` is longer
+                than :data:`MAX_FRAME_PAYLOAD`.
             MuxClosed: the socket is closed.
         """
+        if not 0 <= conn_id <= 0xFFFFFFFF:
+            raise InvalidArgument(f"mux connection id {conn_id} is not a uint32")
         if len(payload) > MAX_FRAME_PAYLOAD:
             raise InvalidArgument(
                 f"mux frame payload of {len(payload)} bytes exceeds {MAX_FRAME_PAYLOAD}"
