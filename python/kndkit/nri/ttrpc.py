@@ -262,11 +262,11 @@ class TtrpcServer:
                 raise
         finally:
             self._serve_task = None
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            handlers = list(self._tasks)
+            for handler_task in handlers:
+                handler_task.cancel()
+            if handlers:
+                await asyncio.gather(*handlers, return_exceptions=True)
 
     async def close(self) -> None:
         """Stop serving: :meth:`serve` cancels every running handler and returns."""
