@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from kndkit._proto import ttrpc_pb2
-from kndkit.errors import KndError
+from kndkit.errors import InvalidArgument, KndError
 from kndkit.nri.mux import TTRPC_HEADER_SIZE, TTRPC_MAX_MESSAGE, MuxClosed, MuxConn
 
 __all__ = [
@@ -448,7 +448,7 @@ class TtrpcClient:
 
     def __init__(self, conn: MuxConn, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+            raise InvalidArgument(f"max_in_flight must be at least 1, got {max_in_flight}")
         self._slots = asyncio.Semaphore(max_in_flight)
         self._conn = conn
         self._next_id = 1
