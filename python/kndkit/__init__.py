@@ -10,10 +10,24 @@ The public API is re-exported here and nowhere else:
 * DRA devices and slices: :class:`Device`, :func:`devices_from_discovery`,
   :func:`resource_slices`, :func:`validate_device`;
 * RDMA: :func:`rdma_available`, :func:`verbs_available` and friends;
-* errors: :class:`KndError` and its subclasses.
+* errors: :class:`KndError` and its subclasses;
+* the kubelet side of DRA (:mod:`kndkit.dra`): :class:`KubeletPlugin`, the
+  :class:`ClaimService` that prepares claims, and their records;
+* the Kubernetes API (:mod:`kndkit.k8s`): :class:`SlicePublisher`,
+  :class:`ClaimReader`, :class:`ClaimStatusWriter`, :func:`new_api_client`;
+* the crash-safe store (:mod:`kndkit.state`): :class:`StateStore`;
+* NRI (:mod:`kndkit.nri`): :class:`NRIPlugin` (``kndkit.nri.Plugin``) and the
+  typed :class:`Pod`, :class:`Container`, :class:`ContainerAdjustment`.
+
+The protocol layers (DRA, Kubernetes, NRI, state) load on first use, so that
+``import kndkit`` for netlink work does not pay for grpc and the Kubernetes
+client (about 0.35 s and tens of MB).
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from kndkit import netlink
 from kndkit._native import (
@@ -47,22 +61,144 @@ from kndkit.errors import (
 )
 from kndkit.netlink import apply
 
+if TYPE_CHECKING:
+    from kndkit import dra, k8s, nri, state
+    from kndkit.dra import (
+        ClaimRef,
+        DeviceHealth,
+        DRAHandler,
+        HealthSource,
+        HealthStatus,
+        KubeletPlugin,
+        PreparedDevice,
+        PrepareResult,
+        UnprepareResult,
+    )
+    from kndkit.dra.service import ClaimPreparer, ClaimService, PreparedClaim
+    from kndkit.k8s import (
+        AllocatedDevice,
+        Claim,
+        ClaimError,
+        ClaimReader,
+        ClaimStatusWriter,
+        ConfigError,
+        DeviceStatus,
+        SlicePublisher,
+        new_api_client,
+        parse_config,
+    )
+    from kndkit.nri import Container, ContainerAdjustment, LinuxDevice, Pod
+    from kndkit.nri import Plugin as NRIPlugin
+    from kndkit.state import ClaimPhase, ClaimRecord, StateError, StateStore
+
+# name -> (module, attribute); attribute None means the module itself.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "dra": ("kndkit.dra", None),
+    "k8s": ("kndkit.k8s", None),
+    "nri": ("kndkit.nri", None),
+    "state": ("kndkit.state", None),
+    **{
+        n: ("kndkit.dra", n)
+        for n in (
+            "ClaimRef",
+            "DRAHandler",
+            "DeviceHealth",
+            "HealthSource",
+            "HealthStatus",
+            "KubeletPlugin",
+            "PrepareResult",
+            "PreparedDevice",
+            "UnprepareResult",
+        )
+    },
+    **{n: ("kndkit.dra.service", n) for n in ("ClaimPreparer", "ClaimService", "PreparedClaim")},
+    **{
+        n: ("kndkit.k8s", n)
+        for n in (
+            "AllocatedDevice",
+            "Claim",
+            "ClaimError",
+            "ClaimReader",
+            "ClaimStatusWriter",
+            "ConfigError",
+            "DeviceStatus",
+            "SlicePublisher",
+            "new_api_client",
+            "parse_config",
+        )
+    },
+    **{n: ("kndkit.nri", n) for n in ("Container", "ContainerAdjustment", "LinuxDevice", "Pod")},
+    "NRIPlugin": ("kndkit.nri", "Plugin"),
+    **{n: ("kndkit.state", n) for n in ("ClaimPhase", "ClaimRecord", "StateError", "StateStore")},
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load the protocol layers on first use (PEP 562)."""
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'kndkit' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
+    "AllocatedDevice",
+    "Claim",
+    "ClaimError",
+    "ClaimPhase",
+    "ClaimPreparer",
+    "ClaimReader",
+    "ClaimRecord",
+    "ClaimRef",
+    "ClaimService",
+    "ClaimStatusWriter",
+    "ConfigError",
+    "Container",
+    "ContainerAdjustment",
+    "DRAHandler",
     "Device",
+    "DeviceHealth",
+    "DeviceStatus",
     "Discovery",
+    "HealthSource",
+    "HealthStatus",
     "InvalidArgument",
     "KndError",
+    "KubeletPlugin",
+    "LinuxDevice",
+    "NRIPlugin",
     "NamespaceError",
     "NetDevice",
     "NetNs",
     "NetlinkError",
     "NotAvailable",
+    "Pod",
+    "PrepareResult",
+    "PreparedClaim",
+    "PreparedDevice",
     "RdmaDevice",
+    "SlicePublisher",
+    "StateError",
+    "StateStore",
+    "UnprepareResult",
     "__version__",
     "apply",
     "devices_from_discovery",
     "discover",
+    "dra",
+    "k8s",
     "netlink",
+    "new_api_client",
+    "nri",
+    "parse_config",
     "rdma_available",
     "rdma_get_netns_mode",
     "rdma_links",
@@ -70,6 +206,7 @@ __all__ = [
     "rdma_rename",
     "rdma_set_netns_mode",
     "resource_slices",
+    "state",
     "validate_device",
     "verbs_available",
     "verbs_devices",
