@@ -11,6 +11,7 @@ from kubernetes.aio import client as k8s
 from kubernetes.aio import config as k8s_config
 from kubernetes.aio.client.exceptions import ApiException
 
+from kndkit.errors import InvalidArgument
 from kndkit.k8s.errors import ResourceAPIUnavailable
 
 __all__ = ["RESOURCE_GROUP", "RESOURCE_VERSION", "check_resource_api", "new_api_client"]
@@ -22,7 +23,7 @@ RESOURCE_VERSION = "v1"
 _NEEDED_RESOURCES = ("resourceslices", "resourceclaims", "resourceclaims/status")
 
 
-async def new_api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
+async def new_api_client(kubeconfig: str | os.PathLike[str] | None = None) -> k8s.ApiClient:
     """An :class:`~kubernetes.aio.client.ApiClient` for the cluster.
 
     ``kubeconfig`` names a kubeconfig file. Without it: the in-cluster service
@@ -34,9 +35,14 @@ async def new_api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
         k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         log.debug("using the in-cluster service account")
     else:
-        path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-        # A KUBECONFIG list (a:b) is not merged: the first file is used.
-        path = path.split(os.pathsep)[0]
+        if kubeconfig is not None:
+            path = os.fspath(kubeconfig)
+        else:
+            env = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+            # A KUBECONFIG list (a:b) is not merged: the first file is used.
+            path = env.split(os.pathsep)[0]
+        if not os.path.isfile(path):
+            raise InvalidArgument(f"kubeconfig {path!r} does not exist or is not a file")
         await k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=path, client_configuration=configuration, persist_config=False
         )
