@@ -283,9 +283,7 @@ class ClaimReader:
         try:
             data = json.loads(body)
         except ValueError as e:
-            raise KndError(f"reading ResourceClaim {label}: bad JSON from the server: {e}") from None
-                f"reading ResourceClaim {label}: the server sent bad JSON: {e}"
-            ) from None
+            raise KndError(f"reading ResourceClaim {label}: bad JSON: {e}") from None
         if not isinstance(data, dict):
             raise KndError(f"reading ResourceClaim {label}: the server sent no object")
         uid = str((data.get("metadata") or {}).get("uid", ""))
