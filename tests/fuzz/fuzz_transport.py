@@ -7,7 +7,8 @@ Runs ``N`` generated inputs (default 50,000) through each target of
 client with calls pending), checking the invariants listed there. Every input
 whose outcome signature (log templates, reply codes, end state) was not seen
 before is written to ``tests/fuzz/corpus/``; the normal test run replays that
-corpus (``test_transport_fuzz.py``). Totals go to ``tests/fuzz/results.json``.
+corpus (``test_transport_fuzz.py``). Each run's counts are appended to
+``tests/fuzz/results.json`` (with the totals over all runs).
 Exit status 1 when an input broke an invariant (it is saved as
 ``corpus/<target>-<hash>.bin`` and printed).
 """
@@ -116,8 +117,20 @@ def main() -> int:
         "failures": sum(1 for t in targets.values() if t["status"] != "ok"),
         "corpus_files": {"before": corpus_before, "after": len(list(CORPUS.glob("*.bin")))},
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    history = json.loads(RESULTS.read_text())["runs"] if RESULTS.exists() else []
+    history.append(report)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "runs": history,
+                "total_inputs": sum(r["total_inputs"] for r in history),
+                "failures": sum(r["failures"] for r in history),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     loop.close()
     return 1 if report["failures"] else 0
 

@@ -8,29 +8,26 @@ hypothesis adds a small number of new ones, so CI stays fast.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fuzz.transport_targets import CORPUS, TARGETS, decode_chunks, encode_chunks, inputs, load
+from fuzz.transport_targets import (
+    CORPUS,
+    TARGETS,
+    FuzzFailure,
+    decode_chunks,
+    encode_chunks,
+    inputs,
+    load,
+)
 from fuzz.transport_targets import run_target as _run_target
 
 CASES = load()
-
-
-@pytest.fixture(autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    """Objects left in reference cycles by earlier tests (subprocess pipes, sockets)
-    would otherwise be closed by the garbage collector in the middle of an input
-    and read as an fd count change."""
-    gc.collect()
-    yield
-
-
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
@@ -47,15 +44,23 @@ def test_chunk_encoding_round_trips() -> None:
     assert decode_chunks(encode_chunks(chunks)) == chunks
 
 
-@pytest.mark.parametrize(("target", "chunks", "name"), CASES, ids=[c[2] for c in CASES])
-async def test_corpus_input(target: str, chunks: list[bytes], name: str) -> None:
-    await _run_target(target, chunks)
+async def test_corpus_replays_cleanly() -> None:
+    # Objects left in reference cycles by earlier tests (subprocess pipes, sockets)
+    # would otherwise be closed by the garbage collector in the middle of an input
+    # and read as an fd count change.
+    gc.collect()
+    failures = []
+    for target, chunks, name in CASES:
+        try:
+            await _run_target(target, chunks)
+        except FuzzFailure as exc:
+            failures.append(f"{name}: {exc}")
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_fresh_inputs(target: str) -> None:
-    import asyncio
-
+    gc.collect()
     loop = asyncio.new_event_loop()
     try:
 
