@@ -77,6 +77,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
 from typing import Any
@@ -182,12 +183,15 @@ class Mux(asyncio.Protocol):
     # --- construction ----------------------------------------------------------
 
     @classmethod
-    async def connect(cls, path: str, *, drain_timeout: float = DRAIN_TIMEOUT) -> Mux:
+    async def connect(
+        cls, path: str | os.PathLike[str], *, drain_timeout: float = DRAIN_TIMEOUT
+    ) -> Mux:
         """Dial the runtime's NRI socket at ``path``.
 
         Raises:
             MuxError: the socket could not be reached (missing, refused, no access).
         """
+        path = os.fspath(path)
         loop = asyncio.get_running_loop()
         mux = cls(drain_timeout=drain_timeout)
         try:
