@@ -453,6 +453,12 @@ class NRIRuntime:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self._reader.join(timeout=5)
+        # Close the pipes now, not at garbage collection (which would close fds in
+        # the middle of a later test's fd count).
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(Exception):
+                    pipe.close()
         self._stderr.close()
 
 
