@@ -22,7 +22,6 @@ Fixtures:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -105,10 +104,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # PR_SET_PDEATHSIG: the child gets SIGTERM if pytest dies without cleanup.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+def with_pdeathsig(argv: Sequence[str]) -> list[str]:
+    """``argv`` run under ``setpriv --pdeathsig TERM``: the child gets SIGTERM if pytest dies.
+
+    Not ``preexec_fn`` + ``prctl``: that forces a plain ``fork()`` of this
+    multi-threaded process, and once grpc's threads run here (the DRA tests) the
+    fork handlers of grpc sometimes kill the child before it execs (seen about 1 in
+    15 starts on a loaded machine). Without ``preexec_fn`` Python spawns with
+    ``vfork``, which runs no fork handlers.
+    """
+    return ["setpriv", "--pdeathsig", "TERM", "--", *argv]
 
 
 def _openssl(*args: str, cwd: pathlib.Path) -> None:
@@ -190,12 +195,11 @@ def _start(name: str, argv: Sequence[str], workdir: pathlib.Path) -> _Proc:
     log_path = workdir / f"{name}.log"
     with log_path.open("wb") as out:
         popen = subprocess.Popen(
-            list(argv),
+            with_pdeathsig(list(argv)),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=workdir,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks
         )
     return _Proc(name, popen, log_path)
 

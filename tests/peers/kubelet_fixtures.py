@@ -48,7 +48,6 @@ Fixtures:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import json
 import logging
@@ -134,10 +133,16 @@ def build_kubelet_peers(force: bool = False) -> pathlib.Path:
 # --------------------------------------------------------------------------- processes
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # PR_SET_PDEATHSIG: the child gets SIGTERM if pytest dies without cleanup.
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+def with_pdeathsig(argv: Sequence[str]) -> list[str]:
+    """``argv`` run under ``setpriv --pdeathsig TERM``: the child gets SIGTERM if pytest dies.
+
+    Not ``preexec_fn`` + ``prctl``: that forces a plain ``fork()`` of this
+    multi-threaded process, and once grpc's threads run here (the DRA tests) the
+    fork handlers of grpc sometimes kill the child before it execs (seen about 1 in
+    15 starts on a loaded machine). Without ``preexec_fn`` Python spawns with
+    ``vfork``, which runs no fork handlers.
+    """
+    return ["setpriv", "--pdeathsig", "TERM", "--", *argv]
 
 
 def _stop(popen: subprocess.Popen[Any], grace_s: float = 10.0) -> None:
@@ -229,13 +234,12 @@ class KubeletHarness:
         stderr_path = root / "harness.stderr"
         with stderr_path.open("wb") as err:
             popen = subprocess.Popen(
-                argv,
+                with_pdeathsig(argv),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
                 text=True,
                 bufsize=1,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
             )
         h = cls(root, registry_dir, plugins_dir, node, popen, stderr_path)
         assert popen.stdout is not None
@@ -461,13 +465,12 @@ class KubeletHarness:
             self._closed = False
         with self.stderr_path.open("ab") as err:
             self.popen = subprocess.Popen(
-                argv,
+                with_pdeathsig(argv),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
                 text=True,
                 bufsize=1,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
             )
         assert self.popen.stdout is not None
         self._reader = threading.Thread(
@@ -646,11 +649,10 @@ def start_ref_driver(
     log_path = harness.root / f"{name}-{next(_counter)}.log"
     with log_path.open("wb") as err:
         popen = subprocess.Popen(
-            argv,
+            with_pdeathsig(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
         )
     try:
         _wait_ready_line(popen, f"ref-driver {name}", log_path)
@@ -675,20 +677,21 @@ def start_fake_registrar(
     sock = harness.registry_dir / (socket_name or f"{unique_name('fake')}-reg.sock")
     _check_socket_path(sock)
     popen = subprocess.Popen(
-        [
-            str(bin_dir / "fake-registrar"),
-            f"--socket={sock}",
-            f"--type={type}",
-            f"--name={name}",
-            f"--endpoint={endpoint}",
-            f"--versions={','.join(versions)}",
-        ],
+        with_pdeathsig(
+            [
+                str(bin_dir / "fake-registrar"),
+                f"--socket={sock}",
+                f"--type={type}",
+                f"--name={name}",
+                f"--endpoint={endpoint}",
+                f"--versions={','.join(versions)}",
+            ]
+        ),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         bufsize=1,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
     )
     try:
         _wait_ready_line(popen, "fake-registrar", None)
@@ -856,14 +859,13 @@ def start_kndkit_plugin(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     with log_path.open("wb") as err:
         popen = subprocess.Popen(
-            argv,
+            with_pdeathsig(argv),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
             bufsize=1,
             env=env,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl
         )
     plugin = KndkitPlugin(driver, state, popen, log_path)
     threading.Thread(target=plugin._pump, name="kndkit-plugin-reader", daemon=True).start()
