@@ -233,6 +233,18 @@ def _check_record(rec: ClaimRecord) -> None:
 # --------------------------------------------------------------------------- the store
 
 
+class _Busy(Exception):
+    """The set-up met another process's lock (retried)."""
+
+
+def _is_busy(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    text = str(e)
+    return "database is locked" in text or "database is busy" in text
+
+
 class StateStore:
     """Prepared claims in one SQLite file; see the module docstring for the guarantees.
 
@@ -266,6 +278,26 @@ class StateStore:
     # ---- opening
 
     def _setup(self) -> None:
+        # Two processes opening a new file at once (a rolling update) can meet
+        # SQLITE_BUSY where SQLite does not call its busy handler: switching the
+        # file to WAL and building the WAL index. Every step here is idempotent,
+        # so the whole set-up is retried until busy_timeout.
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.005
+        while True:
+            try:
+                self._setup_once()
+                return
+            except _Busy:
+                if time.monotonic() >= deadline:
+                    raise StateError(
+                        f"state file {self.path}: still locked by another process after "
+                        f"{self.busy_timeout:g} s"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    def _setup_once(self) -> None:
         db = self._db
         try:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -298,6 +330,12 @@ class StateStore:
                     )
                 elif int(row[0]) < 1:
                     raise StateError(f"state file {self.path}: bad schema version {row[0]}")
+        except sqlite3.OperationalError as e:
+            if _is_busy(e):
+                raise _Busy from None
+            raise StateError(
+                f"state file {self.path} is not a usable kndkit state database: {e}"
+            ) from None
         except sqlite3.DatabaseError as e:
             raise StateError(
                 f"state file {self.path} is not a usable kndkit state database: {e}"
