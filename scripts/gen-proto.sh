@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the Python protobuf/gRPC modules in python/kndkit/_proto/ from the
+# Regenerates the Python protobuf modules in python/kndkit/_proto/ from the
 # project's own .proto files in proto/ (written from the upstream field tables in
 # ../shared/reference/protocols.md, not copied). Output is committed; the test
 # tests/unit/test_proto_drift.py regenerates into a temporary directory and fails
@@ -25,12 +25,10 @@ rm -f "$out"/*_pb2.py "$out"/*_pb2.pyi "$out"/*_pb2_grpc.py
 virtual=()
 for f in "${protos[@]}"; do virtual+=("kndkit/_proto/$(basename "$f")"); done
 "$py" -m grpc_tools.protoc -Ikndkit/_proto=proto \
-  --python_out="$out_root" --pyi_out="$out_root" --grpc_python_out="$out_root" \
+  --python_out="$out_root" --pyi_out="$out_root" \
   "${virtual[@]}"
-# Only files that define a service get a non-empty *_grpc module.
-for g in "$out"/*_pb2_grpc.py; do
-  if ! grep -q "Servicer" "$g"; then rm -f "$g"; fi
-done
+# No *_pb2_grpc.py: the gRPC servers (kndkit.dra) register generic handlers under
+# the service names read from these descriptors, and NRI speaks ttrpc, not gRPC.
 if [ ! -f "$out/__init__.py" ] || [ "$out_root" != python ]; then
   printf '"""Generated protobuf and gRPC modules (scripts/gen-proto.sh); do not edit."""\n' >"$out/__init__.py"
 fi

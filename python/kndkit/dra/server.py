@@ -87,11 +87,14 @@ HEALTH_SERVICE_NAMES = ("v1.DRAResourceHealth", "v1alpha1.DRAResourceHealth")
 MAX_HEALTH_MESSAGE = 1024
 """Longest ``DeviceHealth.message`` the kubelet accepts; longer messages are cut."""
 
+# Full gRPC service names, taken from the project's own .proto files.
 _GRPC_SERVICES = {
-    "v1": "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin",
-    "v1beta1": "k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin",
+    "v1": dra_v1_pb2.DESCRIPTOR.services_by_name["DRAPlugin"].full_name,
+    "v1beta1": dra_v1beta1_pb2.DESCRIPTOR.services_by_name["DRAPlugin"].full_name,
 }
-_REGISTRATION_SERVICE = "pluginregistration.Registration"
+_REGISTRATION_SERVICE = pluginregistration_v1_pb2.DESCRIPTOR.services_by_name[
+    "Registration"
+].full_name
 _DEFAULT_PLUGINS_DIR = "/var/lib/kubelet/plugins"
 
 _R = TypeVar("_R", PrepareResult, UnprepareResult)
