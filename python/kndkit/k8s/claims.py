@@ -22,7 +22,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from kndkit.dra.types import ClaimRef
 from kndkit.errors import KndError
-from kndkit.k8s.client import api_error_text
+from kndkit.k8s.client import api_error_text, status_body
 from kndkit.k8s.errors import (
     ClaimNotAllocated,
     ClaimNotFound,
@@ -234,13 +234,10 @@ def claim_from_object(obj: Mapping[str, Any], driver: str) -> Claim:
 
 def _status_message(body: bytes) -> str:
     """The ``message`` of a ``Status`` error body, else the body itself (shortened)."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return body[:200].decode(errors="replace")
-    if isinstance(doc, dict) and doc.get("message"):
+    doc, text = status_body(body)
+    if doc is not None and doc.get("message"):
         return str(doc["message"])
-    return body[:200].decode(errors="replace")
+    return text[:200]
 
 
 class ClaimReader:

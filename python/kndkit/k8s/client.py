@@ -90,31 +90,32 @@ def to_dict(api: k8s.ApiClient, obj: Any) -> dict[str, Any]:
     return out
 
 
-def api_error_text(e: ApiException) -> str:
-    """The API server's own ``Status.message`` of a failed call (else the HTTP reason)."""
-    body = e.body
+def status_body(body: object) -> tuple[dict[str, Any] | None, str]:
+    """A failed call's response body: the decoded ``Status`` object (None if the
+    body is not a JSON object) and the body as text."""
     if isinstance(body, bytes):
         body = body.decode(errors="replace")
-    if isinstance(body, str) and body:
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return body[:2000]
-        if isinstance(doc, dict) and doc.get("message"):
+    if not isinstance(body, str) or not body:
+        return None, ""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None, body
+    return (doc if isinstance(doc, dict) else None), body
+
+
+def api_error_text(e: ApiException) -> str:
+    """The API server's own ``Status.message`` of a failed call (else the HTTP reason)."""
+    doc, text = status_body(e.body)
+    if doc is not None:
+        if doc.get("message"):
             return str(doc["message"])
+    elif text:
+        return text[:2000]
     return f"HTTP {e.status} {e.reason}"
 
 
 def api_error_reason(e: ApiException) -> str:
     """The ``Status.reason`` of a failed call (``"Conflict"``, ``"AlreadyExists"``...)."""
-    body = e.body
-    if isinstance(body, bytes):
-        body = body.decode(errors="replace")
-    if isinstance(body, str) and body:
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return ""
-        if isinstance(doc, dict):
-            return str(doc.get("reason", ""))
-    return ""
+    doc, _ = status_body(e.body)
+    return str(doc.get("reason", "")) if doc is not None else ""
