@@ -67,6 +67,8 @@ from typing import IO, Any
 
 import pytest
 
+from peers.kube_fixtures import with_pdeathsig
+
 log = logging.getLogger("kndkit.tests.kubelet")
 
 PEERS_DIR = pathlib.Path(__file__).resolve().parent
@@ -131,18 +133,6 @@ def build_kubelet_peers(force: bool = False) -> pathlib.Path:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def with_pdeathsig(argv: Sequence[str]) -> list[str]:
-    """``argv`` run under ``setpriv --pdeathsig TERM``: the child gets SIGTERM if pytest dies.
-
-    Not ``preexec_fn`` + ``prctl``: that forces a plain ``fork()`` of this
-    multi-threaded process, and once grpc's threads run here (the DRA tests) the
-    fork handlers of grpc sometimes kill the child before it execs (seen about 1 in
-    15 starts on a loaded machine). Without ``preexec_fn`` Python spawns with
-    ``vfork``, which runs no fork handlers.
-    """
-    return ["setpriv", "--pdeathsig", "TERM", "--", *argv]
 
 
 def _stop(popen: subprocess.Popen[Any], grace_s: float = 10.0) -> None:
