@@ -185,9 +185,14 @@ def bench_stats(ns: Sequence[int]) -> dict[str, float]:
 
 def build_nri_peers() -> dict[str, NRIBinaries]:
     """Run build.sh (fast when up to date) and return the binaries per version."""
-    if shutil.which("go") is None:
-        pytest.skip("the go toolchain is needed to build the NRI peers")
-    env = dict(os.environ, KNDKIT_PEERS_BIN=str(BIN_DIR))
+    # Like the kube and kubelet peers: a missing toolchain is an error, never a
+    # silent skip of the NRI suites. /usr/local/go/bin is where the machines have it.
+    path = os.environ.get("PATH", "")
+    if shutil.which("go") is None and os.path.exists("/usr/local/go/bin/go"):
+        path = f"/usr/local/go/bin:{path}"
+    if shutil.which("go", path=path) is None:
+        raise RuntimeError("the Go toolchain is needed to build the NRI test peers (go not found)")
+    env = dict(os.environ, KNDKIT_PEERS_BIN=str(BIN_DIR), PATH=path)
     proc = subprocess.run(
         ["bash", str(BUILD_SCRIPT)],
         check=False,
