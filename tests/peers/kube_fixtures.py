@@ -45,7 +45,7 @@ import yaml
 log = logging.getLogger("kndkit.tests.kube")
 
 PEERS_DIR = pathlib.Path(__file__).resolve().parent
-KUBE_DIR = PEERS_DIR / "kube"
+KUBE_DIR = PEERS_DIR.parent.parent / "python" / "kndkit" / "testing" / "peers" / "kube"
 BIN_DIR = pathlib.Path(os.environ.get("KNDKIT_PEERS_BIN", PEERS_DIR / "bin"))
 BUILD_SCRIPT = KUBE_DIR / "build.sh"
 REPO_ROOT = PEERS_DIR.parent.parent

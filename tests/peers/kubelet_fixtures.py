@@ -73,7 +73,7 @@ log = logging.getLogger("kndkit.tests.kubelet")
 
 PEERS_DIR = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = PEERS_DIR.parent.parent
-KUBELET_DIR = PEERS_DIR / "kubelet"
+KUBELET_DIR = PEERS_DIR.parent.parent / "python" / "kndkit" / "testing" / "peers" / "kubelet"
 BIN_DIR = pathlib.Path(os.environ.get("KNDKIT_PEERS_BIN", PEERS_DIR / "bin"))
 BUILD_SCRIPT = KUBELET_DIR / "build.sh"
 BINARIES = ("kubelet-harness", "ref-driver", "fake-registrar")
@@ -700,7 +700,7 @@ def start_fake_registrar(
     return fr
 
 
-KNDKIT_PLUGIN = KUBELET_DIR / "kndkit_plugin.py"
+KNDKIT_PLUGIN = PEERS_DIR / "kubelet" / "kndkit_plugin.py"
 
 
 @dataclass

@@ -77,7 +77,7 @@ import pytest
 log = logging.getLogger("kndkit.tests.nri")
 
 PEERS_DIR = pathlib.Path(__file__).resolve().parent
-NRI_DIR = PEERS_DIR / "nri"
+NRI_DIR = PEERS_DIR.parent.parent / "python" / "kndkit" / "testing" / "peers" / "nri"
 BIN_DIR = pathlib.Path(os.environ.get("KNDKIT_PEERS_BIN", PEERS_DIR / "bin"))
 BUILD_SCRIPT = NRI_DIR / "build.sh"
 
