@@ -21,6 +21,17 @@ A record left in ``PREPARING`` or ``UNPREPARING`` (see :meth:`StateStore.pending
 tells the next process that a crash interrupted that step; the claim service
 resolves it on start (``ClaimService.replay``).
 
+Attachments (schema v2): a pod's links moved or created in its network
+namespace, keyed by pod UID::
+
+    (absent) --put_attachment(ATTACHING)--> ATTACHING --put_attachment(ATTACHED)--> ATTACHED
+    ATTACHED --put_attachment(DETACHING)--> DETACHING --delete_attachment--> (absent)
+
+A record in ATTACHING or DETACHING after a restart means the step may have been
+cut short; the driver resolves it against the runtime's view of the pods (NRI
+Synchronize). A version 1 file (claims only) is migrated in place when opened:
+the attachments table is added and the version raised to 2.
+
 Several processes may open the same file at once (a rolling update runs two
 driver instances on one node): WAL lets readers run beside a writer, writers take
 the database lock with ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout`` for
@@ -56,6 +67,8 @@ from kndkit.errors import InvalidArgument, KndError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AttachPhase",
+    "AttachmentRecord",
     "ClaimPhase",
     "ClaimRecord",
     "StateError",
@@ -65,7 +78,7 @@ __all__ = [
 log = logging.getLogger("kndkit.state")
 
 #: The schema this code writes. A file with a higher version is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -83,7 +96,19 @@ CREATE TABLE IF NOT EXISTS claims (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS attachments (
+    pod_uid TEXT PRIMARY KEY NOT NULL,
+    pod_ref TEXT NOT NULL,
+    netns TEXT NOT NULL,
+    phase TEXT NOT NULL CHECK (phase IN ('attaching', 'attached', 'detaching')),
+    claim_uids TEXT NOT NULL,
+    plans TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
+
+_ATT_COLUMNS = "pod_uid, pod_ref, netns, phase, claim_uids, plans, created_at, updated_at"
 
 _COLUMNS = "uid, namespace, name, phase, devices, plans, pod_uids, created_at, updated_at"
 
@@ -150,6 +175,37 @@ class ClaimRecord:
         )
 
 
+class AttachPhase(enum.StrEnum):
+    """Where a pod's attachment stands; the values are what the file stores."""
+
+    ATTACHING = "attaching"
+    """The links are being moved into the pod; a crash may have cut it short."""
+    ATTACHED = "attached"
+    """The links are in the pod."""
+    DETACHING = "detaching"
+    """The links are being given back to the host; a crash may have cut it short."""
+
+
+@dataclass(frozen=True)
+class AttachmentRecord:
+    """The links of one pod, as attached (or being attached) by a driver.
+
+    ``pod_ref`` is ``namespace/name`` (for logs), ``netns`` the path of the
+    pod's network namespace, ``claim_uids`` the prepared claims whose plans
+    were attached, ``plans`` their plans (JSON data, as for
+    :attr:`ClaimRecord.plans`). Timestamps are set by the store when left at 0.
+    """
+
+    pod_uid: str
+    pod_ref: str
+    netns: str
+    phase: AttachPhase
+    claim_uids: tuple[str, ...] = ()
+    plans: Any = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
 # --------------------------------------------------------------------------- JSON helpers
 
 
@@ -173,14 +229,14 @@ def _same_json(a: Any, b: Any) -> bool:
     return False
 
 
-def _encode_plans(uid: str, plans: Any) -> str:
+def _encode_plans(label: str, plans: Any) -> str:
     try:
         text = json.dumps(plans, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as e:
-        raise InvalidArgument(f"claim {uid}: plans are not JSON data: {e}") from None
+        raise InvalidArgument(f"{label}: plans are not JSON data: {e}") from None
     if not _same_json(plans, json.loads(text)):
         raise InvalidArgument(
-            f"claim {uid}: plans do not survive a JSON round trip (non-string dict keys, "
+            f"{label}: plans do not survive a JSON round trip (non-string dict keys, "
             "a subclass of a JSON type, or another value JSON cannot represent exactly)"
         )
     return text
@@ -330,6 +386,17 @@ class StateStore:
                     )
                 elif int(row[0]) < 1:
                     raise StateError(f"state file {self.path}: bad schema version {row[0]}")
+                elif int(row[0]) < SCHEMA_VERSION:
+                    # v1 -> v2: the attachments table (created above) is all it adds.
+                    log.info(
+                        "state file %s: migrated from schema version %s to %s",
+                        self.path,
+                        row[0],
+                        SCHEMA_VERSION,
+                    )
+                    db.execute(
+                        "UPDATE schema_version SET version = ? WHERE id = 1", (SCHEMA_VERSION,)
+                    )
         except sqlite3.OperationalError as e:
             if _is_busy(e):
                 raise _Busy from None
@@ -435,7 +502,7 @@ class StateStore:
         record whose plans are not JSON data or whose fields are malformed.
         """
         _check_record(record)
-        plans = _encode_plans(record.uid, record.plans)
+        plans = _encode_plans(f"claim {record.uid}", record.plans)
         devices = _encode_devices(record.devices)
         pods = json.dumps(list(record.pod_uids))
         now = time.time()
@@ -481,6 +548,110 @@ class StateStore:
         """Forget claim ``uid``; ``True`` if there was a record."""
         with self._lock, self._transaction() as db:
             cur = db.execute("DELETE FROM claims WHERE uid = ?", (uid,))
+            return cur.rowcount > 0
+
+    # ---- attachments
+
+    def _att_row(self, row: Sequence[Any]) -> AttachmentRecord:
+        uid = str(row[0])
+        try:
+            return AttachmentRecord(
+                pod_uid=uid,
+                pod_ref=str(row[1]),
+                netns=str(row[2]),
+                phase=AttachPhase(row[3]),
+                claim_uids=tuple(str(c) for c in json.loads(row[4])),
+                plans=json.loads(row[5]),
+                created_at=float(row[6]),
+                updated_at=float(row[7]),
+            )
+        except (ValueError, TypeError) as e:
+            raise StateError(
+                f"state file {self.path}: attachment record of pod {uid} is damaged: {e}"
+            ) from None
+
+    def _att_query(self, sql: str, args: Sequence[Any] = ()) -> builtins.list[AttachmentRecord]:
+        with self._lock:
+            try:
+                rows = self._db.execute(sql, args).fetchall()
+            except sqlite3.ProgrammingError as e:
+                raise StateError(f"state file {self.path}: {e}") from None
+            except sqlite3.DatabaseError as e:
+                raise StateError(f"state file {self.path}: read failed: {e}") from None
+        return [self._att_row(r) for r in rows]
+
+    def put_attachment(self, record: AttachmentRecord, *, sync: bool = True) -> AttachmentRecord:
+        """Insert or replace the attachment of ``record.pod_uid``; return it as stored.
+
+        ``sync`` as for :meth:`put`. Raises :class:`~kndkit.errors.InvalidArgument`
+        (nothing written) for malformed fields or plans that are not JSON data.
+        """
+        if not isinstance(record.pod_uid, str) or not record.pod_uid:
+            raise InvalidArgument(
+                f"attachment record {record.pod_uid!r}: pod_uid must be a non-empty string"
+            )
+        for attr in ("pod_ref", "netns"):
+            if not isinstance(getattr(record, attr), str):
+                raise InvalidArgument(
+                    f"attachment of pod {record.pod_uid}: {attr} must be a string"
+                )
+        if not isinstance(record.phase, AttachPhase):
+            raise InvalidArgument(
+                f"attachment of pod {record.pod_uid}: phase {record.phase!r} is not an AttachPhase"
+            )
+        if isinstance(record.claim_uids, str) or not all(
+            isinstance(c, str) for c in record.claim_uids
+        ):
+            raise InvalidArgument(
+                f"attachment of pod {record.pod_uid}: claim_uids must be a sequence of strings"
+            )
+        plans = _encode_plans(f"attachment of pod {record.pod_uid}", record.plans)
+        claims = json.dumps(list(record.claim_uids))
+        now = time.time()
+        with self._lock, self._transaction(sync) as db:
+            row = db.execute(
+                "SELECT created_at FROM attachments WHERE pod_uid = ?", (record.pod_uid,)
+            ).fetchone()
+            created = record.created_at or (float(row[0]) if row else now)
+            db.execute(
+                f"INSERT OR REPLACE INTO attachments ({_ATT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.pod_uid,
+                    record.pod_ref,
+                    record.netns,
+                    record.phase.value,
+                    claims,
+                    plans,
+                    created,
+                    now,
+                ),
+            )
+        return replace(
+            record,
+            claim_uids=tuple(record.claim_uids),
+            created_at=created,
+            updated_at=now,
+            plans=json.loads(plans),
+        )
+
+    def get_attachment(self, pod_uid: str) -> AttachmentRecord | None:
+        """The attachment of pod ``pod_uid``, or ``None``."""
+        recs = self._att_query(
+            f"SELECT {_ATT_COLUMNS} FROM attachments WHERE pod_uid = ?", (pod_uid,)
+        )
+        return recs[0] if recs else None
+
+    def attachments(self) -> builtins.list[AttachmentRecord]:
+        """Every attachment record, oldest first."""
+        return self._att_query(
+            f"SELECT {_ATT_COLUMNS} FROM attachments ORDER BY created_at, pod_uid"
+        )
+
+    def delete_attachment(self, pod_uid: str, *, sync: bool = True) -> bool:
+        """Forget the attachment of pod ``pod_uid``; ``True`` if there was one."""
+        with self._lock, self._transaction(sync) as db:
+            cur = db.execute("DELETE FROM attachments WHERE pod_uid = ?", (pod_uid,))
             return cur.rowcount > 0
 
     # ---- lifecycle

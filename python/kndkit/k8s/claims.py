@@ -36,6 +36,7 @@ __all__ = [
     "ClaimReader",
     "PodRef",
     "config_for_request",
+    "config_layers_for_request",
     "merge_parameters",
     "parse_config",
 ]
@@ -61,7 +62,10 @@ class AllocatedDevice:
     ``config`` is the merged opaque configuration for this device's request:
     class configuration first, claim configuration overriding it (objects are
     merged key by key, recursively; any other value replaces). ``claim`` is
-    ``namespace/name`` of the claim (used in error messages).
+    ``namespace/name`` of the claim (used in error messages). ``config_layers``
+    are the same parameters unmerged, one mapping per matching config entry in
+    the order they apply (class entries first, claim entries last), for drivers
+    with their own merge rules.
     """
 
     request: str
@@ -71,6 +75,7 @@ class AllocatedDevice:
     admin_access: bool = False
     config: Mapping[str, Any] = field(default_factory=dict)
     claim: str = ""
+    config_layers: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +116,12 @@ def _request_matches(requests: Iterable[str], request: str) -> bool:
     return request in names or request.split("/", 1)[0] in names
 
 
-def config_for_request(
+def config_layers_for_request(
     entries: Iterable[Mapping[str, Any]], driver: str, request: str, *, claim: str = ""
-) -> dict[str, Any]:
-    """The merged opaque parameters of ``status.allocation.devices.config`` entries
-    for one request: only ``opaque`` entries of ``driver`` whose ``requests`` is
-    empty or names ``request`` (or its parent request); ``FromClass`` entries
-    first, then ``FromClaim`` ones, each group in its own order, later overriding.
+) -> list[Mapping[str, Any]]:
+    """The opaque parameters of ``status.allocation.devices.config`` entries for
+    one request, unmerged, in the order :func:`config_for_request` merges them
+    (``FromClass`` entries first, then ``FromClaim``; see there for the filter).
 
     Raises :class:`ConfigError` when a matching entry's parameters are not a
     JSON object.
@@ -125,7 +129,7 @@ def config_for_request(
     ordered = sorted(
         enumerate(entries), key=lambda ie: (0 if ie[1].get("source") == "FromClass" else 1, ie[0])
     )
-    merged: dict[str, Any] = {}
+    layers: list[Mapping[str, Any]] = []
     for index, entry in ordered:
         opaque = entry.get("opaque")
         if not isinstance(opaque, Mapping) or opaque.get("driver") != driver:
@@ -145,6 +149,23 @@ def config_for_request(
                 claim=claim,
                 request=request,
             )
+        layers.append(params)
+    return layers
+
+
+def config_for_request(
+    entries: Iterable[Mapping[str, Any]], driver: str, request: str, *, claim: str = ""
+) -> dict[str, Any]:
+    """The merged opaque parameters of ``status.allocation.devices.config`` entries
+    for one request: only ``opaque`` entries of ``driver`` whose ``requests`` is
+    empty or names ``request`` (or its parent request); ``FromClass`` entries
+    first, then ``FromClaim`` ones, each group in its own order, later overriding.
+
+    Raises :class:`ConfigError` when a matching entry's parameters are not a
+    JSON object.
+    """
+    merged: dict[str, Any] = {}
+    for params in config_layers_for_request(entries, driver, request, claim=claim):
         merged = merge_parameters(merged, params)
     return merged
 
@@ -205,6 +226,10 @@ def claim_from_object(obj: Mapping[str, Any], driver: str) -> Claim:
         if result.get("driver") != driver:
             continue
         request = str(result.get("request", ""))
+        layers = config_layers_for_request(config_entries, driver, request, claim=label)
+        merged: dict[str, Any] = {}
+        for params in layers:
+            merged = merge_parameters(merged, params)
         devices.append(
             AllocatedDevice(
                 request=request,
@@ -212,8 +237,9 @@ def claim_from_object(obj: Mapping[str, Any], driver: str) -> Claim:
                 device=str(result.get("device", "")),
                 share_id=result.get("shareID") or None,
                 admin_access=bool(result.get("adminAccess")),
-                config=config_for_request(config_entries, driver, request, claim=label),
+                config=merged,
                 claim=label,
+                config_layers=tuple(layers),
             )
         )
     pods = tuple(
