@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Build the Kubernetes test peers (kube-apiserver, embedded etcd, DRA allocator)
-# into tests/peers/bin/. Each binary carries a stamp of its inputs; an up to
+# into $KNDKIT_PEERS_BIN. Each binary carries a stamp of its inputs; an up to
 # date binary is skipped without calling the go command at all. Go's module and
 # build caches make a rebuild after the first one fast.
 #
-#   tests/peers/kube/build.sh            build what is missing or stale
-#   tests/peers/kube/build.sh --force    rebuild all three
-#   KNDKIT_PEERS_BIN=/some/dir build.sh  build elsewhere
+#   kube/build.sh                       build what is missing or stale
+#   kube/build.sh            --force    rebuild all three
+#   KNDKIT_PEERS_BIN=/some/dir build.sh  output directory (required)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-bin=${KNDKIT_PEERS_BIN:-$(cd "$here/.." && pwd)/bin}
+bin=${KNDKIT_PEERS_BIN:?set KNDKIT_PEERS_BIN to the output directory (kndkit.testing.peers.ensure and tests/peers/build.sh do)}
 force=0
 [[ ${1:-} == --force ]] && force=1
 mkdir -p "$bin"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the kubelet-side DRA test peers into tests/peers/bin/ (or $KNDKIT_PEERS_BIN):
+# Builds the kubelet-side DRA test peers into $KNDKIT_PEERS_BIN:
 #   kubelet-harness  the kubelet's plugin registration + DRA client, driven over stdio
 #   ref-driver       a minimal driver on k8s.io/dynamic-resource-allocation/kubeletplugin
 #   fake-registrar   a registration server that answers GetInfo with given fields
@@ -8,7 +8,7 @@
 # sources (stamp file); --force rebuilds.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-out="${KNDKIT_PEERS_BIN:-$(cd "$here/.." && pwd)/bin}"
+out="${KNDKIT_PEERS_BIN:?set KNDKIT_PEERS_BIN to the output directory (kndkit.testing.peers.ensure and tests/peers/build.sh do)}"
 export PATH="$PATH:/usr/local/go/bin"
 bins=(kubelet-harness ref-driver fake-registrar)
 mkdir -p "$out"

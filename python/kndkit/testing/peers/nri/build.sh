@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Build the NRI runtime-side test peer (nri-harness), the test plugin
 # (netdev-injector) and the benchmark's Go anchor plugin (bench-plugin) against containerd/nri v0.12.x (go.mod) and v0.11.x
-# (go.v011.mod), into tests/peers/bin/.
+# (go.v011.mod), into $KNDKIT_PEERS_BIN.
 #
-#   tests/peers/nri/build.sh            # both versions
-#   tests/peers/nri/build.sh v012       # one version
-#   FORCE=1 tests/peers/nri/build.sh    # rebuild even when up to date
+#   nri/build.sh            # both versions
+#   nri/build.sh v012       # one version
+#   FORCE=1 nri/build.sh    # rebuild even when up to date
 #
-# Output directory: $KNDKIT_PEERS_BIN (default tests/peers/bin).
+# Output directory: $KNDKIT_PEERS_BIN (required; tests/peers/build.sh sets tests/peers/bin).
 #
 # Needs: go >= 1.24 and the Go module proxy (first build only).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-bin="${KNDKIT_PEERS_BIN:-$here/../bin}"
+bin="${KNDKIT_PEERS_BIN:?set KNDKIT_PEERS_BIN to the output directory (kndkit.testing.peers.ensure and tests/peers/build.sh do)}"
 mkdir -p "$bin"
 export CGO_ENABLED=0
 
