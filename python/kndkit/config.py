@@ -136,7 +136,7 @@ def _cidr(value: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
 class _Strict(BaseModel):
     # Strict JSON like DraNet's decoder: unknown fields and wrongly typed values fail;
     # fields are read by their JSON (camelCase) names only.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form (camelCase names, unset fields left out)."""
@@ -316,17 +316,18 @@ class RouteConfig(_Strict):
 
 
 class RuleConfig(_Strict):
-    """One entry of ``rules``: a policy routing rule in the pod."""
+    """One entry of ``rules``: a policy routing rule in the pod (without a
+    ``priority`` the kernel picks one)."""
 
-    priority: int = 0
+    priority: int | None = None
     source: str | None = None
     destination: str | None = None
     table: int = 0
 
     @field_validator("priority")
     @classmethod
-    def _priority(cls, v: int) -> int:
-        if not 0 <= v <= 32767:
+    def _priority(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v <= 32767:
             raise ValueError(f"priority {v} is not in 0..32767")
         return v
 
