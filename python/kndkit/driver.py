@@ -55,7 +55,7 @@ from kndkit.k8s.publisher import SlicePublisher
 from kndkit.k8s.status import ClaimStatusWriter, DeviceStatus
 from kndkit.nri.model import Container, ContainerAdjustment, LinuxDevice, Pod
 from kndkit.nri.plugin import Plugin
-from kndkit.plan import HostState, InterfacePlan, attach, detach
+from kndkit.plan import InterfacePlan, attach, detach
 from kndkit.sources import DeviceSource, DiscoveryContext, Netdevs, NodeDevice
 from kndkit.state import (
     AttachmentRecord,
@@ -477,9 +477,9 @@ class NetworkDriver:
             plan = self.plan(nd, cfg, ctx)
             for step in type(self).steps:
                 plan = step.apply(plan, cfg, nd, ctx)
-            if plan.kind == "move" and plan.host is None and plan.host_ifname:
-                host = await asyncio.to_thread(HostState.capture, plan.host_ifname, self.host_ns)
-                plan = plan.with_(host=host)
+            if plan.kind == "move" and plan.host is None:
+                # The exact host-side state detach restores, taken now.
+                plan = await asyncio.to_thread(plan.capture_host, self.host_ns)
             plans.append(plan)
             prepared.append(
                 PreparedDevice(
