@@ -275,7 +275,7 @@ def test_rdma_step_config_overrides(host: tuple[Path, Path, Any]) -> None:
     sysfs, dev, topo = host
     ctx = _Ctx(topo, sysfs, dev)
     node = _node(topo, "mlx5_4")
-    plan = InterfacePlan(device=node.name, kind="rdma")
+    plan = InterfacePlan(device=node.name, kind="rdma", rdma=RdmaPlan("mlx5_4"))
     step = RdmaStep(mode="shared", uid=1, gid=1, file_mode=0o600)
     for config in (
         {"rdma": {"uid": 1000, "fileMode": 0o660}},
@@ -307,10 +307,11 @@ def test_rdma_step_refuses_device_without_verbs(tmp_path: Path) -> None:
     topo = _native.discover(b.root, dev_root=tmp_path / "dev", netlink=False)
     node = _node(topo, "mlx5_7")
     ctx = _Ctx(topo, b.root, tmp_path / "dev")
+    plan = InterfacePlan(device="x", kind="rdma", rdma=RdmaPlan("mlx5_7"))
     with pytest.raises(NotAvailable, match="mlx5_7: no uverbs"):
-        RdmaStep(mode="shared").apply(InterfacePlan(device="x", kind="rdma"), None, node, ctx)
+        RdmaStep(mode="shared").apply(plan, None, node, ctx)
     lenient = RdmaStep(mode="shared", require_verbs=False)
-    out = lenient.apply(InterfacePlan(device="x", kind="rdma"), None, node, ctx)
+    out = lenient.apply(plan, None, node, ctx)
     assert out.rdma == RdmaPlan(device="mlx5_7", exclusive=False, char_devices=())
 
 
@@ -377,3 +378,104 @@ def test_adjustment_conflicting_numbers() -> None:
     other = CharDevice("/dev/infiniband/rdma_cm", "c", 10, 59)
     with pytest.raises(InvalidArgument, match="rdma_cm: 10:58 in one plan, 10:59"):
         adjustment_for([_rdma_plan("a", RDMA_CM), _rdma_plan("b", other)])
+
+
+# --------------------------------------------------------------------------- the rdma example
+
+
+def _claim(device: str, node: str, config: dict[str, Any] | None = None) -> Any:
+    from kndkit.k8s.claims import AllocatedDevice, Claim, PodRef
+
+    alloc = AllocatedDevice(
+        request="nic",
+        pool=node,
+        device=device,
+        config=config or {},
+        claim="ns1/claim1",
+        config_layers=(config,) if config else (),
+    )
+    return Claim("ns1", "claim1", "uid-claim1", (PodRef("ns1", "pod1", "uid-pod1"),), (alloc,), "1")
+
+
+def _rdma_driver(tmp_path: Path, sysfs: Path, dev: Path) -> Any:
+    from kndkit.driver import DriverOptions
+    from kndkit.examples.rdma import Rdma
+
+    options = DriverOptions(
+        node_name="node1",
+        state_dir=str(tmp_path / "state"),
+        sysfs_root=str(sysfs),
+        dev_root=str(dev),
+        metrics_port=None,
+    )
+    return Rdma(options)
+
+
+async def test_example_prepares_ib_only_device(
+    tmp_path: Path, host: tuple[Path, Path, Any]
+) -> None:
+    """Discovery on the fake tree (netdevs come from the real netlink dump, so only
+    the InfiniBand-only adapter matches), prepare of a claim: a plan of kind rdma
+    with the character devices and the claim's owner; CreateContainer injects them."""
+    from kndkit._proto import nri_v1alpha1_pb2 as pb
+    from kndkit.examples.rdma import Rdma
+    from kndkit.nri.model import Container, Pod
+    from kndkit.rdma import RdmaStep as Step
+
+    sysfs, dev, _ = host
+    _add_mad_numbers(sysfs)
+    driver = _rdma_driver(tmp_path, sysfs, dev)
+    assert Rdma.name == "rdma.kndkit.dev"
+    assert isinstance(Rdma.steps[-1], Step)
+    found = driver.discover_devices()
+    ib = [d for d in found if d.rdma is not None and d.netdev is None]
+    assert [d.rdma.name for d in ib] == ["mlx5_4"]
+    driver.devices = {d.name: d for d in found}
+    prepared = await driver.prepare_claim(
+        _claim(ib[0].name, "node1", {"rdma": {"uid": 1000, "gid": 1000, "fileMode": 0o660}})
+    )
+    (raw,) = prepared.plans
+    plan = InterfacePlan.from_json(raw)
+    assert plan.kind == "rdma" and plan.rdma is not None
+    assert plan.rdma.device == "mlx5_4"
+    assert plan.rdma.exclusive is (netns_mode() == "exclusive")
+    assert [(c.path, c.major, c.minor, c.file_mode, c.uid) for c in plan.rdma.char_devices] == [
+        ("/dev/infiniband/uverbs4", 231, 196, 0o660, 1000),
+        ("/dev/infiniband/umad4", 231, 4, 0o660, 1000),
+        ("/dev/infiniband/issm4", 231, 68, 0o660, 1000),
+    ]
+    adj = await driver.on_create_container(
+        Pod(id="p1", uid="uid-pod1"), Container.from_proto(pb.Container(id="c1")), [plan]
+    )
+    assert adj is not None and [d.path for d in adj.devices][0] == "/dev/infiniband/uverbs4"
+
+
+async def test_example_refuses_netdev_config_for_ib_only(
+    tmp_path: Path, host: tuple[Path, Path, Any]
+) -> None:
+    from kndkit.k8s.errors import ConfigError
+
+    sysfs, dev, _ = host
+    driver = _rdma_driver(tmp_path, sysfs, dev)
+    found = driver.discover_devices()
+    driver.devices = {d.name: d for d in found}
+    ib = next(d for d in found if d.netdev is None)
+    bad = {
+        "interface": {"name": "ib0", "mtu": 4000},
+        "routes": [{"destination": "10.0.0.0/8", "scope": 253}],
+    }
+    with pytest.raises(ConfigError, match="no network interface") as e:
+        await driver.prepare_claim(_claim(ib.name, "node1", bad))
+    assert e.value.field == "interface.name"
+    with pytest.raises(ConfigError, match="owner"):
+        await driver.prepare_claim(_claim(ib.name, "node1", {"rdma": {"owner": 1}}))
+
+
+def test_example_on_the_real_node(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No RDMA here: the driver's discovery publishes nothing RDMA and says why."""
+    if os.path.isdir("/sys/class/infiniband") and os.listdir("/sys/class/infiniband"):
+        pytest.skip("this node has RDMA devices")
+    driver = _rdma_driver(tmp_path, Path("/sys"), Path("/dev"))
+    with caplog.at_level(logging.INFO, logger="kndkit.rdma"):
+        assert driver.discover_devices() == []
+    assert "RDMA not available on this node" in caplog.text

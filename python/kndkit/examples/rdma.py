@@ -25,7 +25,7 @@ from typing import Any
 from kndkit.config import NetdevConfig, check_device_support
 from kndkit.driver import NetworkDriver, PlanContext, run
 from kndkit.nri.model import Container, ContainerAdjustment, Pod
-from kndkit.plan import InterfacePlan
+from kndkit.plan import InterfacePlan, RdmaPlan
 from kndkit.rdma import RdmaLinks, RdmaSettings, RdmaStep, adjustment_for
 from kndkit.sources import NodeDevice
 from kndkit.steps import NETDEV_STEPS
@@ -56,8 +56,9 @@ class Rdma(NetworkDriver):
             request=ctx.allocated.request,
             device=device.name,
         )
-        if device.ifname is None:  # InfiniBand only: nothing but the RDMA side
-            return InterfacePlan(device=device.name, kind="rdma")
+        if device.ifname is None or device.rdma is None:  # InfiniBand only: the RDMA side
+            rdma = RdmaPlan(device.rdma.name if device.rdma else device.name)
+            return InterfacePlan(device=device.name, kind="rdma", rdma=rdma)  # RdmaStep fills it
         return InterfacePlan.move(device.name, device.ifname)
 
     async def on_create_container(
