@@ -1,0 +1,1 @@
+../python/kndkit/examples/macvlan.py
