@@ -549,9 +549,9 @@ class SimulatedNode:
         """``python -m kndkit run <driver>`` against this node; waits until it is ready.
 
         Ready: registered with the kubelet harness and its NRI plugin
-        synchronized with the runtime. ``params`` become ``--set k=v`` (values
-        that are not strings as JSON). ``driver_name`` (the DRA name) is learnt
-        from the registration when not given. A DeviceClass selecting the
+        synchronized with the runtime. ``params`` become ``--set k=<JSON of v>``.
+        ``driver_name`` (the DRA name) is learnt from the registration when not
+        given. A DeviceClass selecting the
         driver's devices is created (:meth:`device_class`).
         """
         state_dir = self.workdir / f"state-{len(self._drivers)}"
@@ -568,7 +568,7 @@ class SimulatedNode:
             "--metrics-port", str(port),
         ]  # fmt: skip
         for k, v in (params or {}).items():
-            argv += ["--set", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
+            argv += ["--set", f"{k}={json.dumps(v)}"]
         argv += list(extra_args)
         proc = DriverProcess(
             spec=driver,
