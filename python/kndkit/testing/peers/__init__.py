@@ -89,11 +89,13 @@ def _check(which: Iterable[str]) -> tuple[str, ...]:
     return names
 
 
-def find_go(search_dirs: Iterable[str] = GO_SEARCH_DIRS) -> Path:
-    """The ``go`` command: on ``PATH``, else in ``/usr/local/go/bin``.
+def find_go(search_dirs: Iterable[str] | None = None) -> Path:
+    """The ``go`` command: on ``PATH``, else in ``search_dirs`` (default
+    :data:`GO_SEARCH_DIRS`: ``/usr/local/go/bin``).
 
     Raises :class:`NotAvailable` with install instructions when there is none.
     """
+    search_dirs = tuple(GO_SEARCH_DIRS if search_dirs is None else search_dirs)
     found = shutil.which("go")
     if found is None:
         for d in search_dirs:
