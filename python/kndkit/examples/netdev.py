@@ -22,8 +22,9 @@ Settings (``kndkit run netdev --set key=value`` or ``--config FILE``):
 ``filter``    a CEL expression over ``device`` (as in a DeviceClass selector:
               ``device.attributes["netdev.kndkit.dev"].type``, ``device.driver``)
               that a device must satisfy to be published; ``"true"`` publishes
-              all. Default: drop veth. Needs the ``common-expression-language``
-              package (``pip install 'kndkit[cel]'``) unless left at the default.
+              all. Default: drop veth. Expressions other than ``true``/``false``
+              need the ``common-expression-language`` package
+              (``pip install 'kndkit[cel]'``).
 ``profiles``  (config file only) ``{name: NetdevConfig JSON}``: a claim's
               ``profile`` names one, laid under the class and claim configuration
 ============  ==================================================================
@@ -145,7 +146,10 @@ def compile_filter(expression: str) -> Callable[[Mapping[str, Any]], bool]:
     :func:`device_view`. A syntax error is an :class:`InvalidArgument`; without
     the CEL package, :class:`NotAvailable`. The predicate raises
     :class:`InvalidArgument` when the expression fails on a device or is not
-    boolean."""
+    boolean. ``"true"`` and ``"false"`` need no CEL package."""
+    if expression.strip() in ("true", "false"):
+        constant = expression.strip() == "true"
+        return lambda view: constant
     try:
         import cel  # noqa: PLC0415 (optional dependency)
     except ImportError:
