@@ -221,3 +221,37 @@ def test_rdma_driver_end_to_end_ib_only(sim_node: Any, tmp_path: Any) -> None:  
     sim_node.delete_pod(pod)
     assert sim_node.snapshot() == before
     assert "Traceback" not in drv.logs()
+
+
+def test_rdma_driver_end_to_end_roce_shared(sim_node: Any, tmp_path: Any) -> None:  # noqa: F811
+    """A RoCE-like NIC: the fake sysfs gives the simulated node's ``eth1`` an RDMA
+    device. Shared mode (this kernel has no RDMA netns mode): the netdev moves
+    into the pod under the claim's name, the character devices are injected,
+    and after the pod is deleted ``eth1`` is back exactly as it was."""
+    from kndkit.testing.node import ClaimSpec
+    from kndkit.testing.sysfs import SysfsBuilder
+
+    if _native.rdma_available() and _native.rdma_get_netns_mode() != "shared":
+        pytest.skip("this node's RDMA netns mode is exclusive")
+    b = SysfsBuilder(tmp_path / "sys", tmp_path / "dev")
+    pci = b.pci_function("0000:17:00.0", "devices/pci0000:00", vendor="0x15b3", device="0x101d")
+    b.rdma_device("mlx5_0", pci, index=0, netdevs=["eth1"])
+
+    before = sim_node.snapshot()
+    drv = sim_node.start_driver(
+        "rdma", extra_args=["--sysfs-root", str(b.root), "--dev-root", str(tmp_path / "dev")]
+    )
+    assert sim_node.wait_devices(drv.name) == ["eth1"]  # eth2 has no RDMA side
+    config = {"interface": {"name": "roce0", "mtu": 1400}, "rdma": {"fileMode": 0o600}}
+    pod = sim_node.new_pod("roce1", claims=[ClaimSpec(driver=drv.name, config=config)])
+    sim_node.start_pod(pod)
+    (lk,) = [x for x in sim_node.pod_links(pod) if x["name"] == "roce0"]
+    assert lk["mtu"] == 1400
+    assert "eth1" not in {x["name"] for x in sim_node.host_links()}
+    resp = sim_node.create_container(pod)
+    (d,) = resp["adjust"]["linux"]["devices"]  # uverbs0 only: no umad numbers in this tree
+    assert (d["path"], int(d["major"]), int(d["minor"]), d["file_mode"]["value"]) == (
+        "/dev/infiniband/uverbs0", 231, 192, 0o600,
+    )  # fmt: skip
+    sim_node.delete_pod(pod)
+    assert sim_node.snapshot() == before
