@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from kndkit._native import NetNs
 from kndkit.driver import DriverOptions
 from kndkit.errors import InvalidArgument, KndError, NotAvailable
 from kndkit.examples.macvlan import Macvlan, MacvlanSettings, ipvlan_supported
-from kndkit.ipam import IpamExhausted
+from kndkit.ipam import Ipam, IpamExhausted
 from kndkit.k8s.claims import AllocatedDevice, Claim, PodRef
 from kndkit.k8s.errors import ConfigError
 from kndkit.nri.model import Namespace, Pod
@@ -454,3 +455,92 @@ def test_ipvlan_is_refused_at_start_when_the_kernel_lacks_it(node: Node) -> None
     assert isinstance(e.value, KndError)
     # the probe left nothing behind in the caller's namespace
     assert not [lk for lk in nl.dump_links() if lk["name"].startswith("kp")]
+
+
+# --------------------------------------------------------------------------- through the peers
+
+
+def _claim_ips(sim: Any, pod: Any) -> list[str]:
+    """networkData IPs the driver wrote into the status of the pod's claim."""
+    claim_obj = sim.api.get(pod.claims[0])
+    devs = (claim_obj.get("status") or {}).get("devices") or []
+    return [ip for d in devs for ip in (d.get("networkData") or {}).get("ips") or []]
+
+
+def _wait(pred: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_end_to_end_through_the_peers() -> None:
+    """``kndkit run macvlan`` against kube-apiserver, the allocator, the kubelet
+    harness and the NRI runtime: three pods, a SIGKILL between prepare and
+    RunPodSandbox, release on unprepare, nothing left on the host."""
+    from kndkit.testing.node import ClaimSpec, SimulatedNode
+
+    name = f"mv{os.getpid() % 10000}"
+    with SimulatedNode.start(node_name=name, nics=0) as sim:
+        sim.add_nic("eth1")
+        fabric = Path(sim.fabric_netns).name
+        with NetNs.open(sim.fabric_netns) as fab:
+            peer = next(lk["name"] for lk in nl.dump_links(fab) if lk["name"] != "lo")
+        _ip("-n", fabric, "addr", "add", "10.78.0.1/24", "dev", peer)
+        before = sim.snapshot()
+        drv = sim.start_driver(
+            "macvlan",
+            params={"parent": "eth1", "ranges": "10.78.0.0/24", "gateway": "10.78.0.1", "slots": 4},
+        )
+        assert sim.wait_devices(drv.name, at_least=4) == [f"eth1-slot-{i}" for i in range(4)]
+        pods = [sim.new_pod(f"p{i}", claims=[ClaimSpec(driver=drv.name)]) for i in range(3)]
+        for p in pods[:2]:
+            sim.start_pod(p)
+        # the third pod is prepared, then the driver dies before RunPodSandbox
+        sim.schedule(pods[2])
+        sim.prepare(pods[2])
+        ipam_files = list(sim.workdir.glob("state-*/ipam.sqlite"))
+        assert len(ipam_files) == 1
+        ipam = Ipam(ipam_files[0], ["10.78.0.0/24"], gateway="10.78.0.1")
+        leased = {lease.owner.split("/")[0]: lease.addresses[0] for lease in ipam.leases()}
+        assert len(leased) == 3
+        drv.restart(kill=True)
+        sim.run_pod(pods[2])
+
+        addrs = []
+        for p in pods:
+            with NetNs.open(str(p.netns)) as ns:
+                links = {lk["name"]: lk for lk in nl.dump_links(ns)}
+                assert links["net1"]["kind"] == "macvlan"
+                net1 = links["net1"]["ifindex"]
+                a = [
+                    x["cidr"]
+                    for x in nl.dump_addresses(ns)
+                    if x["ifindex"] == net1 and x["family"] == "inet"
+                ]
+            assert len(a) == 1 and a[0].startswith("10.78.0.")
+            addrs.append(a[0])
+            ip = a[0].split("/")[0]
+            assert reach(p.netns.name, fabric, "10.78.0.1") == ip  # type: ignore[union-attr]
+            _wait(lambda p=p, ip=ip: ip in " ".join(_claim_ips(sim, p)), f"status of {p.ref}")
+        assert len(set(addrs)) == 3
+        # the leases survived the crash: each pod has the address leased at prepare
+        uids = [str(p.claims[0]["metadata"]["uid"]) for p in pods]
+        assert addrs == [leased[u] for u in uids]
+        assert sim.snapshot() == before  # sub-interfaces only inside the pods
+
+        with ipam:
+            # the driver dies while pod 0 stops: it is detached after the restart
+            # (NRI Synchronize) and its lease freed at unprepare
+            drv.kill()
+            sim.stop_pod(pods[0])
+            sim.remove_pod(pods[0])
+            drv.restart()
+            sim.unprepare(pods[0])
+            assert sorted(lease.addresses[0] for lease in ipam.leases()) == sorted(addrs[1:])
+            for p in pods[1:]:
+                sim.delete_pod(p)
+            assert ipam.leases() == []
+        assert sim.snapshot() == before
+        assert "Traceback" not in drv.logs()
