@@ -320,6 +320,41 @@ async def test_three_pods_get_macvlans_inside_with_distinct_addresses(
     assert node.host_snapshot() == before
 
 
+async def test_dual_stack_and_extra_routes(node: Node) -> None:
+    _ip("-n", node.fabric, "addr", "add", "fd77::1/64", "dev", "gw0", "nodad")
+    d = Macvlan(
+        node.options(
+            ranges="10.77.0.0/24,fd77::/64",
+            gateway="10.77.0.1,fd77::1",
+            routes="default,10.90.0.0/16,fd90::/48",
+        )
+    )
+    try:
+        await d.rescan()
+        p = (await prepare(d, claim(0, "par0-slot-0")))[0]
+        assert p.addresses == ("10.77.0.2/24", "fd77::2/64")
+        assert [(r.destination, r.gateway) for r in p.routes] == [
+            ("0.0.0.0/0", "10.77.0.1"),
+            ("10.90.0.0/16", "10.77.0.1"),
+            ("::/0", "fd77::1"),
+            ("fd90::/48", "fd77::1"),
+        ]
+        assert await d.attach_pod(node.pod(0))
+        with NetNs.open(f"/run/netns/{node.pods[0]}") as ns:
+            net1 = next(lk for lk in nl.dump_links(ns) if lk["name"] == "net1")["ifindex"]
+            addrs = {a["cidr"] for a in nl.dump_addresses(ns) if a["ifindex"] == net1}
+            routes = {(r["dst"], r["gateway"]) for r in nl.dump_routes(ns) if r["oif"] == net1}
+        assert {"10.77.0.2/24", "fd77::2/64"} <= addrs
+        assert {("10.90.0.0/16", "10.77.0.1"), ("fd90::/48", "fd77::1")} <= routes
+        assert any(gw == "fd77::1" and dst in ("::/0", "default") for dst, gw in routes)
+        assert reaches_gateway(node, 0)
+        assert await d.detach_pod("pod-uid-0")
+        await unprepare(d, claim(0, "par0-slot-0"))
+        assert d.ipam is not None and d.ipam.leases() == []
+    finally:
+        close(d)
+
+
 async def test_no_address_twice_and_released_on_unprepare(node: Node) -> None:
     d = Macvlan(node.options(ranges="10.77.0.2-10.77.0.3/24", slots="3"))
     try:
