@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from kndkit import _native
 from kndkit import netlink as nl
 from kndkit import plan as kplan
 from kndkit._native import NetNs
@@ -171,6 +172,9 @@ async def test_discovery_publishes_the_nic_not_the_uplink(env: Env) -> None:
         assert attrs["encapsulation"] == "ether"
         assert attrs["type"] == "veth"
         assert attrs["mac"] == NIC_MAC
+        if hasattr(_native, "dump_tc"):
+            assert attrs["ebpf"] is False
+            assert "tcFilterNames" not in attrs and "tcxProgramNames" not in attrs
         # the default filter drops veth, like DraNet's
         default = env.driver()
         try:
@@ -325,17 +329,17 @@ async def test_arp_sysctls_and_ethtool(env: Env) -> None:
             "net/ipv4/conf/net1/arp_ignore": "1",
             "net/ipv4/conf/net1/arp_announce": "2",
         }
-        host_feats = nl.dump_ethtool("nic0", ns=env.host)["features"]  # type: ignore[attr-defined]
+        host_feats = nl.dump_ethtool("nic0", ns=env.host)["features"]
         await asyncio.to_thread(kplan.attach, plans, env.pod, host_ns=env.host)
         try:
-            assert nl.dump_sysctl("net/ipv4/conf/net1/arp_ignore", ns=env.pod) == "1"  # type: ignore[attr-defined]
-            assert nl.dump_sysctl("net/ipv4/conf/net1/arp_announce", ns=env.pod) == "2"  # type: ignore[attr-defined]
-            feats = nl.dump_ethtool("net1", ns=env.pod)["features"]  # type: ignore[attr-defined]
+            assert nl.dump_sysctl("net/ipv4/conf/net1/arp_ignore", ns=env.pod) == "1"
+            assert nl.dump_sysctl("net/ipv4/conf/net1/arp_announce", ns=env.pod) == "2"
+            feats = nl.dump_ethtool("net1", ns=env.pod)["features"]
             assert feats["tx-checksum-ip-generic"] is False
         finally:
             await asyncio.to_thread(kplan.detach, plans, env.pod, host_ns=env.host)
         assert snapshot(env.host) == before
-        assert nl.dump_ethtool("nic0", ns=env.host)["features"] == host_feats  # type: ignore[attr-defined]
+        assert nl.dump_ethtool("nic0", ns=env.host)["features"] == host_feats
     finally:
         if drv.host_ns is not None:
             drv.host_ns.close()

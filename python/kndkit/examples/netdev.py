@@ -30,8 +30,8 @@ Settings (``kndkit run netdev --set key=value`` or ``--config FILE``):
 ============  ==================================================================
 
 Published attributes are kndkit's (:func:`kndkit.devices.netdev_device`) plus
-DraNet's ``alias``, ``encapsulation`` and, when the node's netlink layer reports
-them, ``ebpf``, ``tcFilterNames`` and ``tcxProgramNames``.
+DraNet's ``alias``, ``encapsulation``, ``ebpf``, ``tcFilterNames`` and
+``tcxProgramNames`` (see :class:`DranetNetdevs`).
 """
 
 from __future__ import annotations
@@ -82,9 +82,9 @@ class DranetNetdevs(Netdevs):
     """:class:`~kndkit.sources.Netdevs` plus DraNet's remaining attributes:
     ``alias`` (the link's ifalias), ``encapsulation`` (``ether``,
     ``infiniband`` or ``loopback``, from the link kind and its hardware address
-    length) and, where :func:`kndkit.netlink.dump_tc` exists, ``ebpf``,
-    ``tcFilterNames``, ``tcxProgramNames``. Attributes that do not fit the API's
-    per-device limit are left out."""
+    length) and, from :func:`kndkit.netlink.dump_tc`, ``ebpf`` (any eBPF program
+    attached) with the non-empty ``tcFilterNames`` and ``tcxProgramNames``.
+    Attributes that do not fit the API's per-device limit are left out."""
 
     def discover(self, ctx: DiscoveryContext) -> list[NodeDevice]:
         found = super().discover(ctx)
@@ -93,7 +93,6 @@ class DranetNetdevs(Netdevs):
         except Exception as e:  # attributes are extras: never stop publishing for them
             log.warning("cannot read link aliases: %s", e)
             aliases = {}
-        dump_tc: Callable[..., Mapping[str, Any]] | None = getattr(netlink, "dump_tc", None)
         out = []
         for item in found:
             nd = item.netdev
@@ -109,14 +108,16 @@ class DranetNetdevs(Netdevs):
                 extra["encapsulation"] = "infiniband"
             elif nd.mac:
                 extra["encapsulation"] = "ether"
-            if dump_tc is not None:
-                try:
-                    tc = dump_tc(nd.name, ns=ctx.host_ns)
-                    extra["ebpf"] = bool(tc.get("ebpf"))
-                    extra["tcFilterNames"] = _join(list(tc.get("filters") or ()))
-                    extra["tcxProgramNames"] = _join(list(tc.get("tcx") or ()))
-                except Exception as e:
-                    log.debug("%s: cannot read tc/tcx programs: %s", nd.name, e)
+            try:
+                tc = netlink.dump_tc(nd.name, ns=ctx.host_ns)
+            except Exception as e:  # e.g. a native core without dump_tc
+                log.debug("%s: cannot read tc/tcx programs: %s", nd.name, e)
+            else:
+                extra["ebpf"] = bool(tc["ebpf"])
+                if tc["filters"]:
+                    extra["tcFilterNames"] = _join(tc["filters"])
+                if tc["tcx"]:
+                    extra["tcxProgramNames"] = _join(tc["tcx"])
             attrs = dict(item.device.attributes)
             for key, value in extra.items():
                 if len(attrs) + len(item.device.capacity) >= MAX_ATTRIBUTES_PER_DEVICE:
