@@ -384,7 +384,9 @@ class RdmaStep:
     ``rdma`` section (:class:`RdmaSettings`, a mapping or an attribute).
 
     With ``require_verbs`` (the default) a device without a ``uverbs`` node is
-    refused with :class:`~kndkit.errors.NotAvailable` (a pod could not use it).
+    refused with :class:`~kndkit.errors.NotAvailable` (a pod could not use it),
+    and so is a ``macvlan``/``ipvlan`` plan in exclusive mode (the RDMA device
+    of a shared parent cannot follow one pod).
     """
 
     def __init__(
@@ -424,6 +426,12 @@ class RdmaStep:
         rd = device.rdma
         if rd is None:
             return plan
+        if self.mode == "exclusive" and plan.kind in ("macvlan", "ipvlan"):
+            raise NotAvailable(
+                f"device {device.name}: RDMA device {rd.name} is in exclusive netns mode, so it"
+                f" can belong to one namespace only, not to {plan.kind} sub-interfaces of a"
+                " shared parent"
+            )
         options = getattr(getattr(ctx, "driver", None), "options", None)
         settings = _settings(config)
         uid = settings.uid if settings and settings.uid is not None else self.uid

@@ -315,6 +315,17 @@ def test_rdma_step_refuses_device_without_verbs(tmp_path: Path) -> None:
     assert out.rdma == RdmaPlan(device="mlx5_7", exclusive=False, char_devices=())
 
 
+def test_rdma_step_refuses_sub_interfaces_in_exclusive_mode(host: tuple[Path, Path, Any]) -> None:
+    sysfs, dev, topo = host
+    ctx = _Ctx(topo, sysfs, dev)
+    node = _node(topo, "mlx5_0")
+    plan = InterfacePlan.macvlan(node.name, "enp1s0f0np0")
+    with pytest.raises(NotAvailable, match="mlx5_0 is in exclusive netns mode"):
+        RdmaStep(mode="exclusive").apply(plan, None, node, ctx)
+    shared = RdmaStep(mode="shared").apply(plan, None, node, ctx)
+    assert shared.rdma is not None and not shared.rdma.exclusive
+
+
 def test_rdma_step_bad_arguments() -> None:
     with pytest.raises(InvalidArgument, match="netns mode"):
         RdmaStep(mode="private")  # type: ignore[arg-type]
