@@ -267,6 +267,10 @@ class RdmaLinks:
 
     With no RDMA device at all it yields nothing and logs once
     ``RDMA not available on this node`` with the reason.
+
+    :class:`~kndkit.sources.Netdevs` already attaches the RDMA record to the
+    netdevs that have one; use one of the two sources for such NICs, not both
+    (the framework would publish each NIC twice, the second with a suffix).
     """
 
     def __init__(
