@@ -344,3 +344,42 @@ def test_concurrent_processes_never_share_an_address(tmp: Path) -> None:
     # each process (after its last allocation) leaves at most 6 addresses free
     assert exhausted >= 120 - 61 - 24
     assert 61 - 6 <= len(stored) <= 61
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["alloc", "release"]), st.integers(0, 12)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_random_allocate_release_sequences_match_a_model(ops: list[tuple[str, int]]) -> None:
+    d = Path(tempfile.mkdtemp(prefix="knd-ipam-h-", dir="/tmp"))
+    try:
+        # 10.0.0.1..10.0.0.14 less the gateway .1 and the excluded .8-.9: 11 usable
+        with Ipam(
+            d / "i.sqlite", ["10.0.0.0/28"], gateway="10.0.0.1", exclude=["10.0.0.8/31"]
+        ) as ipam:
+            model: dict[str, str] = {}
+            for op, n in ops:
+                owner = f"o{n}"
+                if op == "alloc":
+                    try:
+                        lease = ipam.allocate(owner)
+                    except IpamExhausted:
+                        assert owner not in model and len(model) == 11
+                        continue
+                    if owner in model:
+                        assert lease.addresses == (model[owner],)
+                    model[owner] = lease.addresses[0]
+                else:
+                    freed = ipam.release(owner)
+                    assert (freed.addresses[0] if freed else None) == model.pop(owner, None)
+                stored = {le.owner: le.addresses[0] for le in ipam.leases()}
+                assert stored == model
+                assert len(set(stored.values())) == len(stored)
+                assert not {"10.0.0.1/28", "10.0.0.8/28", "10.0.0.9/28"} & set(stored.values())
+                assert ipam.free() == 11 - len(model)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
