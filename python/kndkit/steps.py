@@ -85,6 +85,14 @@ def _table(table: int | None) -> int:
     return _MAIN_TABLE if table in (None, 0) else int(table)
 
 
+def _route_key(r: Route) -> tuple[str, int]:
+    # "default" (how dumps name it) and 0.0.0.0/0 or ::/0 are one destination.
+    dst = r.destination
+    if dst == "default":
+        dst = "::/0" if r.family == "inet6" else "0.0.0.0/0"
+    return dst, _table(r.table)
+
+
 def _host_state(plan: InterfacePlan, ctx: PlanContext) -> HostState | None:
     # The host snapshot of a moved link: the plan's, else one taken now (not stored:
     # HostSnapshot stores the final one, recording what the whole plan changes).
@@ -206,10 +214,10 @@ class Routes(_Step):
         configured = [_route(r) for r in netdev_config(config).routes]
         state = _host_state(plan, ctx)
         host = list(state.routes) if state is not None else []
-        taken = {(r.destination, _table(r.table)) for r in configured}
+        taken = {_route_key(r) for r in configured}
         routes = [
-            *(r for r in plan.routes if (r.destination, _table(r.table)) not in taken),
-            *(r for r in host if (r.destination, _table(r.table)) not in taken),
+            *(r for r in plan.routes if _route_key(r) not in taken),
+            *(r for r in host if _route_key(r) not in taken),
             *configured,
         ]
         unique = list(dict.fromkeys(routes))

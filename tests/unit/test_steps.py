@@ -214,6 +214,27 @@ def test_routes_host_then_config(dev: NodeDevice) -> None:
     )
 
 
+def test_routes_default_is_one_destination(dev: NodeDevice) -> None:
+    plan = moved(
+        routes=(
+            Route("default", gateway="192.168.7.1", table=100),
+            Route("default", gateway="fd07::1", table=100),
+        )
+    )
+    out = run(
+        Routes(),
+        plan,
+        {"routes": [{"destination": "0.0.0.0/0", "gateway": "192.168.7.9", "table": 100}]},
+        dev,
+    )
+    assert [
+        (r.destination, r.gateway) for r in out.routes if r.destination.endswith(("default", "/0"))
+    ] == [
+        ("default", "fd07::1"),
+        ("0.0.0.0/0", "192.168.7.9"),
+    ]
+
+
 def test_routes_without_config_are_the_hosts(dev: NodeDevice) -> None:
     assert run(Routes(), moved(), {}, dev).routes == HOST.routes
 
