@@ -36,7 +36,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import pydantic
@@ -78,10 +77,6 @@ log = logging.getLogger("kndkit.driver")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 #: How long a graceful stop waits for NRI hooks in flight.
 STOP_GRACE_S = 10.0
-
-
-def _metrics() -> ModuleType:
-    return metrics
 
 
 @dataclass
@@ -328,9 +323,7 @@ class NetworkDriver:
                 found = source.discover(ctx)
             except Exception as e:
                 log.error("driver %s: device source %r failed: %s", self.driver_name, source, e)
-                m = _metrics()
-                if m is not None:
-                    m.ERRORS.labels(self.driver_name, "discovery", type(e).__name__).inc()
+                metrics.ERRORS.labels(self.driver_name, "discovery", type(e).__name__).inc()
                 continue
             for item in found:
                 if not self.filter(item):
@@ -363,9 +356,7 @@ class NetworkDriver:
             self._update_health(published)
             if self.publisher is not None:
                 self.publisher.update(published)
-            m = _metrics()
-            if m is not None:
-                m.PUBLISHED_DEVICES.labels(self.driver_name).set(len(published))
+            metrics.PUBLISHED_DEVICES.labels(self.driver_name).set(len(published))
             log.debug("driver %s: rescan found %d devices", self.driver_name, len(found))
             return found
 
@@ -582,9 +573,7 @@ class NetworkDriver:
                 store.delete_attachment(pod.uid, sync=False)  # attach rolled back
                 raise
             elapsed = time.perf_counter() - t0
-            m = _metrics()
-            if m is not None:
-                m.ATTACH_DURATION.labels(self.driver_name, "attach").observe(elapsed)
+            metrics.ATTACH_DURATION.labels(self.driver_name, "attach").observe(elapsed)
             rec = await asyncio.to_thread(
                 store.put_attachment, dataclasses.replace(rec, phase=AttachPhase.ATTACHED)
             )
@@ -638,9 +627,7 @@ class NetworkDriver:
         result = await asyncio.to_thread(
             self._detach_blocking, rec.plans if isinstance(rec.plans, list) else [], rec.netns
         )
-        m = _metrics()
-        if m is not None:
-            m.ATTACH_DURATION.labels(self.driver_name, "detach").observe(time.perf_counter() - t0)
+        metrics.ATTACH_DURATION.labels(self.driver_name, "detach").observe(time.perf_counter() - t0)
         await asyncio.to_thread(store.delete_attachment, rec.pod_uid)
         log.info(
             "driver %s: pod %s detached: restored %s, deleted %s, missing %s",
@@ -735,9 +722,8 @@ class NetworkDriver:
             return {}
 
     def _update_attached_gauge(self) -> None:
-        m = _metrics()
-        if m is not None and self.store is not None:
-            m.ATTACHED_PODS.labels(self.driver_name).set(len(self.store.attachments()))
+        if self.store is not None:
+            metrics.ATTACHED_PODS.labels(self.driver_name).set(len(self.store.attachments()))
 
     # ------------------------------------------------------------------ NRI hooks
 
@@ -794,10 +780,8 @@ class NetworkDriver:
             await self.rescan()
             await self.publisher.publish(self._published)
             self.first_publish_done = True
-            m = _metrics()
-            if m is not None:
-                m.LAST_PUBLISH.labels(name).set(time.time())
-                m.PREPARED_CLAIMS.labels(name).set(len(store))
+            metrics.LAST_PUBLISH.labels(name).set(time.time())
+            metrics.PREPARED_CLAIMS.labels(name).set(len(store))
             self._update_attached_gauge()
             self._kubelet = KubeletPlugin(
                 name,
@@ -830,9 +814,7 @@ class NetworkDriver:
             self._rescan_event.clear()
             try:
                 await self.rescan()
-                m = _metrics()
-                if m is not None:
-                    m.LAST_PUBLISH.labels(self.driver_name).set(time.time())
+                metrics.LAST_PUBLISH.labels(self.driver_name).set(time.time())
             except Exception as e:
                 log.warning("driver %s: rescan failed: %s", self.driver_name, e)
 
@@ -892,13 +874,7 @@ class NetworkDriver:
         port = self.options.metrics_port
         if port is None or port < 0:
             return
-        m = _metrics()
-        if m is None:
-            log.warning(
-                "driver %s: kndkit.metrics unavailable; no metrics server", self.driver_name
-            )
-            return
-        self._observability = m.ObservabilityServer(
+        self._observability = metrics.ObservabilityServer(
             port, host=self.options.metrics_host, ready=self.ready, live=self.live
         )
         await self._observability.start()
@@ -940,21 +916,18 @@ class _MeteredHandler:
         )
 
     async def _call(self, method: str, fn: Any, claims: Sequence[Any]) -> Mapping[str, Any]:
-        m = _metrics()
         name = self.driver.driver_name
         t0 = time.perf_counter()
         try:
             out: Mapping[str, Any] = await fn(claims)
         except Exception:
-            if m is not None:
-                m.DRA_REQUESTS.labels(name, method, "error").inc()
+            metrics.DRA_REQUESTS.labels(name, method, "error").inc()
             raise
-        if m is not None:
-            m.DRA_LATENCY.labels(name, method).observe(time.perf_counter() - t0)
-            for res in out.values():
-                m.DRA_REQUESTS.labels(name, method, "error" if res.error else "ok").inc()
-            if self.driver.store is not None:
-                m.PREPARED_CLAIMS.labels(name).set(len(self.driver.store))
+        metrics.DRA_LATENCY.labels(name, method).observe(time.perf_counter() - t0)
+        for res in out.values():
+            metrics.DRA_REQUESTS.labels(name, method, "error" if res.error else "ok").inc()
+        if self.driver.store is not None:
+            metrics.PREPARED_CLAIMS.labels(name).set(len(self.driver.store))
         if method == "NodeUnprepareResources":
             self.driver.request_rescan()  # devices no longer in use may be gone
         return out
@@ -965,19 +938,16 @@ def _make_nri_plugin(driver: NetworkDriver) -> Any:
 
     class _DriverPlugin(Plugin):
         async def _observe(self, event: str, coro: Any) -> Any:
-            m = _metrics()
             t0 = time.perf_counter()
             with driver._hook():
                 try:
                     out = await coro
                 except Exception as e:
-                    if m is not None:
-                        m.NRI_REQUESTS.labels(driver.driver_name, event, "error").inc()
-                        m.ERRORS.labels(driver.driver_name, "nri", type(e).__name__).inc()
+                    metrics.NRI_REQUESTS.labels(driver.driver_name, event, "error").inc()
+                    metrics.ERRORS.labels(driver.driver_name, "nri", type(e).__name__).inc()
                     raise
-            if m is not None:
-                m.NRI_REQUESTS.labels(driver.driver_name, event, "ok").inc()
-                m.NRI_LATENCY.labels(driver.driver_name, event).observe(time.perf_counter() - t0)
+            metrics.NRI_REQUESTS.labels(driver.driver_name, event, "ok").inc()
+            metrics.NRI_LATENCY.labels(driver.driver_name, event).observe(time.perf_counter() - t0)
             return out
 
         async def synchronize(self, pods: list[Pod], containers: list[Container]) -> None:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -229,6 +230,12 @@ def _ref(claim: dict[str, Any]) -> dict[str, str]:
     return {"namespace": m["namespace"], "name": m["name"], "uid": m["uid"]}
 
 
+def _health(node: Node) -> dict[str, str]:
+    """The current device health as the kubelet's DRAResourceHealth stream has it."""
+    (msg,) = node.kubelet.watch_health(DRIVER, 1)["messages"]
+    return {d["device"]["device_name"]: d["health"] for d in msg["devices"]}
+
+
 def _device(claim: dict[str, Any]) -> str:
     (result,) = claim["status"]["allocation"]["devices"]["results"]
     return str(result["device"])
@@ -342,6 +349,18 @@ def test_publish_prepare_run_stop_unprepare(node: Node) -> None:
     assert nd[0]["interfaceName"] == "eth9"
     assert nd[0]["hardwareAddress"] == before[dev][1]
 
+    # Metrics and probes (an ephemeral port, written to the state directory).
+    port = int((node.tmp / "state" / "metrics.port").read_text())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert f'kndkit_attach_duration_seconds_count{{driver="{DRIVER}",op="attach"}} 1.0' in text
+    assert f'kndkit_published_devices{{driver="{DRIVER}"}} 2.0' in text
+    assert f'kndkit_attached_pods{{driver="{DRIVER}"}} 1.0' in text
+    # Device health, streamed to the kubelet.
+    assert _health(node) == {nic: "HEALTHY" for nic in node.nics}
+
     # The device stays published while it is in the pod (rescans every 2 s).
     time.sleep(2.5)
     assert node.published() == sorted(node.nics)
@@ -350,6 +369,12 @@ def test_publish_prepare_run_stop_unprepare(node: Node) -> None:
     assert "eth9" not in _links(pod_ns)
     assert _host_view(node, dev) == before[dev]
     assert node.records()[1] == []
+
+    # A NIC going down turns unhealthy at the next rescan.
+    other = next(n for n in node.nics if n != dev)
+    _ip("-n", node.host, "link", "set", other, "down")
+    _wait(lambda: _health(node)[other] == "UNHEALTHY", "unhealthy NIC reported")
+    _ip("-n", node.host, "link", "set", other, "up")
 
     node.unprepare(claim)
     assert node.records() == ([], [])
