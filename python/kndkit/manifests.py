@@ -439,10 +439,10 @@ _HOST_PATHS: tuple[tuple[str, str, str, str | None], ...] = (
 
 def _daemonset(o: ManifestOptions) -> dict[str, Any]:
     args = [
-        "run",
-        o.driver,
         "--log-format",
         "json",
+        "run",
+        o.driver,
         "--node-name",
         "$(NODE_NAME)",
         "--metrics-port",

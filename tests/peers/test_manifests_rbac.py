@@ -471,7 +471,7 @@ def test_daemonset_and_its_pod_are_accepted(
     assert stored["spec"]["template"]["spec"]["serviceAccountName"] == opts.app_name
     pod = _dry_run_create(kube_apiserver, _pod_from_template(ds, deployed["node"]))
     [c] = pod["spec"]["containers"]
-    assert c["args"][:2] == ["run", "netdev"]
+    assert c["args"][2:4] == ["run", "netdev"]
     assert c["ports"][0]["hostPort"] == opts.metrics_port  # host network: defaulted
     assert c["resources"]["limits"]["memory"] == "128Mi"
     mounts = {m["mountPath"]: m.get("mountPropagation") for m in c["volumeMounts"]}
