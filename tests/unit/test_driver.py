@@ -29,8 +29,7 @@ from kndkit.errors import InvalidArgument, KndError
 from kndkit.examples.hello import Hello
 from kndkit.k8s.claims import AllocatedDevice, Claim, PodRef
 from kndkit.k8s.errors import ConfigError
-from kndkit.nri.model import Container, Namespace, Pod
-from kndkit.nri.plugin import Event
+from kndkit.nri.model import Container, Event, Namespace, Pod
 from kndkit.plan import InterfacePlan, Route
 from kndkit.sources import Netdevs, NodeDevice
 from kndkit.state import AttachmentRecord, AttachPhase, ClaimPhase, ClaimRecord
