@@ -57,7 +57,7 @@ from kndkit import netlink
 from kndkit._native import NetNs
 from kndkit.devices import STANDARD_DOMAIN, Device, device_name
 from kndkit.driver import NetworkDriver, PlanContext, run
-from kndkit.errors import InvalidArgument, NetlinkError, NotAvailable
+from kndkit.errors import InvalidArgument, KndError, NetlinkError, NotAvailable
 from kndkit.ipam import Ipam, Lease
 from kndkit.k8s.errors import ConfigError
 from kndkit.plan import InterfacePlan, Route
@@ -257,6 +257,8 @@ def ipvlan_supported() -> tuple[bool, str]:
             result.update(ok=True, why="")
         except NetlinkError as e:
             result["why"] = e.kernel_message or e.errno_name or str(e)
+        except KndError as e:
+            result["why"] = f"probe failed: {e}"
         finally:
             ns.close()
 
@@ -313,8 +315,10 @@ class Macvlan(NetworkDriver):
     config = MacvlanConfig
 
     def __init__(self, options: DriverOptions) -> None:
-        super().__init__(options)
+        # settings first: a bad one fails before the framework opens anything
         self.settings = MacvlanSettings.from_params(options.params)
+        if self.settings.gateways and not self.settings.ranges:
+            raise InvalidArgument("macvlan setting gateway: needs ranges to lease addresses from")
         if self.settings.kind == "ipvlan":
             ok, why = ipvlan_supported()
             if not ok:
@@ -322,17 +326,21 @@ class Macvlan(NetworkDriver):
                     f"macvlan driver: mode {self.settings.mode} needs ipvlan, which this kernel "
                     f"refuses ({why}); use a macvlan mode (bridge, private, vepa)"
                 )
+        super().__init__(options)
         self.ipam: Ipam | None = None
         self._leases_checked = False
         if self.settings.ranges:
-            self.ipam = Ipam(
-                os.path.join(self.state_dir, "ipam.sqlite"),
-                self.settings.ranges,
-                gateway=self.settings.gateways,
-                exclude=self.settings.exclude,
-            )
-        elif self.settings.gateways:
-            raise InvalidArgument("macvlan setting gateway: needs ranges to lease addresses from")
+            try:
+                self.ipam = Ipam(
+                    os.path.join(self.state_dir, "ipam.sqlite"),
+                    self.settings.ranges,
+                    gateway=self.settings.gateways,
+                    exclude=self.settings.exclude,
+                )
+            except BaseException:
+                if self.host_ns is not None:
+                    self.host_ns.close()
+                raise
 
     def plan(self, device: NodeDevice, config: Any, ctx: PlanContext) -> InterfacePlan:
         """A sub-interface of the parent with a leased address and the gateway routes."""
