@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import pathlib
 import shlex
@@ -362,3 +363,31 @@ def test_daemonset_args_parse_with_kndkit_run() -> None:
     ns = build_parser().parse_args(args)
     assert ns.command == "run"
     assert getattr(ns, "log_format", None) == "json"
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_copies_what_exists_and_is_in_the_build_context() -> None:
+    """Every path the build stage copies exists and is not excluded by .dockerignore."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    ignored = [
+        ln.strip()
+        for ln in (REPO / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
+    copied: list[str] = []
+    for line in dockerfile.splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
+            copied += words[1:-1]
+    assert {"pyproject.toml", "Cargo.lock", "rust", "crates", "python"} <= set(copied)
+    for src in copied:
+        assert (REPO / src).exists(), src
+        for pat in ignored:
+            assert not fnmatch.fnmatch(src, pat.lstrip("*/")), (src, pat)
+    # The locally built extension never enters the context (maturin builds its own).
+    assert "**/*.so" in ignored
+    # The image the manifests name by default is the one the Dockerfile documents.
+    assert f"-t kndkit:{kndkit.__version__} ." in dockerfile
+    assert 'ENTRYPOINT ["kndkit"]' in dockerfile
