@@ -230,7 +230,6 @@ class NetworkDriver:
         """One configuration from the opaque parameter layers of a device's request
         (class entries first, claim entries last). Default: nested objects merged
         key by key, later layers winning (:func:`kndkit.k8s.claims.merge_parameters`)."""
-
         merged: dict[str, Any] = {}
         for layer in layers:
             merged = merge_parameters(merged, layer)
@@ -257,7 +256,6 @@ class NetworkDriver:
     def plan(self, device: NodeDevice, config: Any, ctx: PlanContext) -> InterfacePlan:
         """The interface plan for ``device``. Default: move its netdev into the
         pod, named ``net1``."""
-
         if device.ifname is None:
             raise KndError(
                 f"driver {self.driver_name}: device {device.name} has no network interface; "
@@ -277,7 +275,6 @@ class NetworkDriver:
         default (used when ``inject_devices`` is true) injects every plan's RDMA
         character devices.
         """
-
         adj = ContainerAdjustment()
         for plan in plans:
             if plan.rdma is None:
@@ -311,7 +308,6 @@ class NetworkDriver:
     def discover_devices(self) -> list[NodeDevice]:
         """Runs discovery in the host namespace and every source (blocking: run it in
         a thread). Names are made unique; ``filter`` is applied."""
-
         topo = discover(
             self.options.sysfs_root, dev_root=self.options.dev_root, ns=self.host_ns, netlink=True
         )
@@ -427,7 +423,6 @@ class NetworkDriver:
 
     async def prepare_claim(self, claim: Claim) -> PreparedClaim:
         """Plans every device of this driver in ``claim`` (ClaimPreparer)."""
-
         label = f"claim {claim.namespace}/{claim.name}"
         if not claim.devices:
             raise KndError(f"{label}: no device of driver {self.driver_name} is allocated")
@@ -436,6 +431,40 @@ class NetworkDriver:
             await self.rescan()  # a missed lookup triggers a rescan
         plans: list[InterfacePlan] = []
         prepared: list[PreparedDevice] = []
+        try:
+            await self._plan_claim(claim, label, plans, prepared)
+        except BaseException:
+            # Leave nothing behind: the driver releases what the plans so far hold
+            # (IPAM leases...), the claim service forgets the claim.
+            record = ClaimRecord.for_claim(
+                claim.ref(),
+                ClaimPhase.PREPARING,
+                plans=[p.to_json() for p in plans],
+                pod_uids=[p.uid for p in claim.pods],
+            )
+            try:
+                await self.release(plans, record)
+            except Exception:
+                log.exception(
+                    "driver %s: %s: release after a failed prepare", self.driver_name, label
+                )
+            raise
+        log.info(
+            "driver %s: %s planned: %s",
+            self.driver_name,
+            label,
+            ", ".join(f"{p.device}->{p.name} ({p.kind})" for p in plans),
+        )
+        return PreparedClaim(prepared, [p.to_json() for p in plans])
+
+    async def _plan_claim(
+        self,
+        claim: Claim,
+        label: str,
+        plans: list[InterfacePlan],
+        prepared: list[PreparedDevice],
+    ) -> None:
+        """Fills ``plans`` and ``prepared`` device by device (see prepare_claim)."""
         pod_uid = claim.pods[0].uid if len(claim.pods) == 1 else ""
         for alloc in claim.devices:
             if alloc.pool != self.options.node_name:
@@ -485,13 +514,6 @@ class NetworkDriver:
                 f"{label}: reserved for {len(claim.pods)} pods; driver {self.driver_name} "
                 "moves its devices into one pod, so the claim must be reserved for exactly one"
             )
-        log.info(
-            "driver %s: %s planned: %s",
-            self.driver_name,
-            label,
-            ", ".join(f"{p.device}->{p.name} ({p.kind})" for p in plans),
-        )
-        return PreparedClaim(prepared, [p.to_json() for p in plans])
 
     async def unprepare_claim(self, record: ClaimRecord) -> None:
         """Detaches what is still attached of the claim, then :meth:`release` (ClaimPreparer)."""
@@ -536,7 +558,6 @@ class NetworkDriver:
         the pod has no claim of this driver. ``cancelled`` (checked after the
         attach, with no await in between) tells whether the caller's request was
         cut off meanwhile: the attach is then undone."""
-
         async with self._lock_for(pod.uid):
             store = self.open_store()
             existing = store.get_attachment(pod.uid)
@@ -650,7 +671,6 @@ class NetworkDriver:
 
     async def reconcile(self, pods: Sequence[Pod]) -> None:
         """Brings attachments in line with the runtime's live ``pods`` (NRI Synchronize)."""
-
         alive = {p.uid: p for p in pods}
         store = self.open_store()
         for rec in store.attachments():
@@ -749,7 +769,6 @@ class NetworkDriver:
     async def run(self) -> None:
         """Runs the driver until :meth:`stop`: state store and replay, discovery and
         publishing, the kubelet plugin, the NRI plugin, metrics, periodic rescans."""
-
         self._stop_event = asyncio.Event()
         self._rescan_event = asyncio.Event()
         self._idle = asyncio.Event()

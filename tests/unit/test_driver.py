@@ -231,6 +231,22 @@ async def test_prepare_refuses_bad_claims(host: Host) -> None:
     assert ok.plans[0]["name"] == "eth3"
 
 
+async def test_failed_prepare_releases_what_was_planned(host: Host) -> None:
+    released: list[tuple[list[str], str]] = []
+
+    class Releasing(Hello):
+        name = "releasing.kndkit.test"
+
+        async def release(self, plans: Sequence[InterfacePlan], record: ClaimRecord) -> None:
+            released.append(([p.device for p in plans], record.uid))
+
+    d = Releasing(_options(host))
+    await d.rescan()
+    with pytest.raises(KndError, match="exactly one"):
+        await d.prepare_claim(_claim(host.nics[0], pods=2))
+    assert released == [([host.nics[0]], f"uid-{host.nics[0]}")]
+
+
 async def test_merge_config_gets_layers_class_first(host: Host) -> None:
     seen: list[Sequence[Any]] = []
 
