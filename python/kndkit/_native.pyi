@@ -21,10 +21,13 @@ __all__ = [
     "apply",
     "discover",
     "dump_addresses",
+    "dump_ethtool",
     "dump_links",
     "dump_neighbours",
     "dump_routes",
     "dump_rules",
+    "dump_sysctl",
+    "dump_tc",
     "encode",
     "rdma_available",
     "rdma_get_netns_mode",
@@ -101,6 +104,19 @@ def dump_addresses(ns: NetNs | None = None) -> list[dict[str, Any]]: ...
 def dump_routes(ns: NetNs | None = None, *, table: int | None = None) -> list[dict[str, Any]]: ...
 def dump_rules(ns: NetNs | None = None) -> list[dict[str, Any]]: ...
 def dump_neighbours(ns: NetNs | None = None) -> list[dict[str, Any]]: ...
+def dump_ethtool(ifname: str, ns: NetNs | None = None) -> dict[str, Any]:
+    """``{"features": {name: active}, "private_flags": {name: on}, "fixed": [names]}``
+    of ``ifname`` in ``ns`` (ethtool generic netlink); ``fixed`` lists the features
+    the device cannot change."""
+
+def dump_sysctl(path: str, ns: NetNs | None = None) -> str:
+    """The value of ``/proc/sys/<path>`` (``path`` under ``net/``) in ``ns``,
+    read from a thread inside it, without the trailing newline."""
+
+def dump_tc(ifname: str, ns: NetNs | None = None) -> dict[str, Any]:
+    """``{"filters": [labels], "tcx": [program names], "ebpf": bool}``: the tc
+    filters on the link's ingress/egress hooks (``"bpf:<name>"`` for bpf ones,
+    the kind otherwise) and its tcx programs."""
 
 # --------------------------------------------------------------------------- discovery
 

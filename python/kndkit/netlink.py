@@ -29,29 +29,37 @@ from kndkit._native import NetNs
 __all__ = [
     "AddressRecord",
     "ApplyResult",
+    "EthtoolState",
     "LinkRecord",
     "NeighbourRecord",
     "RouteRecord",
     "RuleRecord",
     "Step",
     "StepResult",
+    "TcState",
     "addr_add",
     "addr_del",
     "apply",
     "delete_group",
     "delete_link",
     "dump_addresses",
+    "dump_ethtool",
     "dump_links",
     "dump_neighbours",
     "dump_routes",
     "dump_rules",
+    "dump_sysctl",
+    "dump_tc",
+    "ebpf_detach",
     "encode",
+    "ethtool",
     "ipvlan",
     "link_set",
     "macvlan",
     "move",
     "neigh_add",
     "neigh_del",
+    "rdma_move",
     "rename",
     "route_add",
     "route_del",
@@ -61,10 +69,13 @@ __all__ = [
     "set_down",
     "set_gso_gro",
     "set_mac",
+    "set_master",
     "set_mtu",
     "set_up",
+    "sysctl",
     "veth",
     "vlan",
+    "vrf",
 ]
 
 log = logging.getLogger("kndkit.netlink")
@@ -104,6 +115,8 @@ class LinkRecord(TypedDict):
     group: int
     gso_max_size: int | None
     gro_max_size: int | None
+    gso_ipv4_max_size: int | None
+    gro_ipv4_max_size: int | None
     parent_dev_name: str | None
     parent_dev_bus: str | None
 
@@ -186,8 +199,16 @@ def link_set(
     netns: NetNs | None = None,
     gso_max_size: int | None = None,
     gro_max_size: int | None = None,
+    gso_ipv4_max_size: int | None = None,
+    gro_ipv4_max_size: int | None = None,
+    master: str | int | None = None,
 ) -> Step:
-    """Any combination of link changes, carried in ONE RTM_NEWLINK."""
+    """Any combination of link changes, carried in ONE RTM_NEWLINK.
+
+    ``master`` enslaves the link to a bridge/bond/vrf (name or ifindex, in ``ns``);
+    ``""`` or ``0`` detaches it (nomaster). ``gso_ipv4_max_size`` /
+    ``gro_ipv4_max_size`` are IFLA_GSO_IPV4_MAX_SIZE / IFLA_GRO_IPV4_MAX_SIZE.
+    """
     return _step(
         "link_set",
         ns,
@@ -201,6 +222,9 @@ def link_set(
         netns=netns,
         gso_max_size=gso_max_size,
         gro_max_size=gro_max_size,
+        gso_ipv4_max_size=gso_ipv4_max_size,
+        gro_ipv4_max_size=gro_ipv4_max_size,
+        master=master,
     )
 
 
@@ -261,6 +285,24 @@ def set_gso_gro(
     ns: NetNs | None = None,
 ) -> Step:
     return link_set(ifname, ns=ns, gso_max_size=gso_max_size, gro_max_size=gro_max_size)
+
+
+def set_master(ifname: str | int, master: str | int, *, ns: NetNs | None = None) -> Step:
+    """Enslaves the link to ``master`` (``""``/``0``: detaches it); undone on rollback."""
+    return link_set(ifname, ns=ns, master=master)
+
+
+def vrf(
+    name: str,
+    table: int,
+    *,
+    up: bool = False,
+    netns: NetNs | None = None,
+    ns: NetNs | None = None,
+) -> Step:
+    """Creates a VRF device bound to routing ``table`` (kernels without the vrf
+    module refuse it with EOPNOTSUPP, reported as an unsupported link kind)."""
+    return _step("vrf_add", ns, name=name, table=table, up=up, netns=netns)
 
 
 def delete_link(ifname: str | int, *, ns: NetNs | None = None) -> Step:
@@ -487,6 +529,54 @@ def neigh_del(
     return _step("neigh_del", ns, **_link(ifname), address=address, lladdr=lladdr)
 
 
+# ----------------------------------------------------------------------------- beyond rtnetlink
+
+
+def sysctl(path: str, value: str | int, *, ns: NetNs | None = None) -> Step:
+    """Writes ``value`` to ``/proc/sys/<path>`` inside ``ns``.
+
+    ``path`` is relative to ``/proc/sys`` and must start with ``net/`` (e.g.
+    ``net/ipv4/conf/net1/arp_ignore``). The write happens from a thread that
+    entered ``ns``; the previous value is written back on rollback.
+    """
+    return _step("sysctl", ns, path=path, value=str(value))
+
+
+def ethtool(
+    ifname: str | int,
+    *,
+    features: Mapping[str, bool] | None = None,
+    private_flags: Mapping[str, bool] | None = None,
+    ns: NetNs | None = None,
+) -> Step:
+    """Turns ethtool features (kernel names such as ``rx-checksum``,
+    ``tx-checksum-ip-generic``) and driver private flags on or off, over ethtool
+    generic netlink. Unknown feature names are refused before anything is sent,
+    a feature the device cannot change (``fixed``) when the step runs; previous
+    values come back on rollback."""
+    return _step(
+        "ethtool",
+        ns,
+        **_link(ifname),
+        features=dict(features) if features else None,
+        private_flags=dict(private_flags) if private_flags else None,
+    )
+
+
+def rdma_move(device: str, netns: NetNs, *, ns: NetNs | None = None) -> Step:
+    """Moves RDMA device ``device`` (as named in ``ns``) into ``netns`` (RDMA
+    netlink, exclusive netns mode). Checked before anything of the plan is sent:
+    no RDMA on the node raises :class:`kndkit.errors.NotAvailable` naming the
+    device. Moved back on rollback."""
+    return _step("rdma_move", ns, device=device, netns=netns)
+
+
+def ebpf_detach(ifname: str | int, *, ns: NetNs | None = None) -> Step:
+    """Removes the link's tc filters (deletes its clsact/ingress qdisc) and
+    detaches its tcx programs. Not undoable: a later failure reports it."""
+    return _step("ebpf_detach", ns, **_link(ifname))
+
+
 # ----------------------------------------------------------------------------- execution, dumps
 
 
@@ -521,3 +611,31 @@ def dump_rules(ns: NetNs | None = None) -> list[RuleRecord]:
 
 def dump_neighbours(ns: NetNs | None = None) -> list[NeighbourRecord]:
     return cast(list[NeighbourRecord], _native.dump_neighbours(ns))
+
+
+class EthtoolState(TypedDict):
+    features: dict[str, bool]
+    private_flags: dict[str, bool]
+    fixed: list[str]
+
+
+class TcState(TypedDict):
+    filters: list[str]
+    tcx: list[str]
+    ebpf: bool
+
+
+def dump_ethtool(ifname: str, ns: NetNs | None = None) -> EthtoolState:
+    """Active features, private flags and the names of fixed features of ``ifname``."""
+    return cast(EthtoolState, _native.dump_ethtool(ifname, ns))
+
+
+def dump_sysctl(path: str, ns: NetNs | None = None) -> str:
+    """The value of ``/proc/sys/<path>`` in ``ns`` (no trailing newline)."""
+    return _native.dump_sysctl(path, ns)
+
+
+def dump_tc(ifname: str, ns: NetNs | None = None) -> TcState:
+    """tc filters (``"bpf:<name>"`` for bpf ones), tcx program names, and whether
+    any eBPF program is attached to ``ifname``."""
+    return cast(TcState, _native.dump_tc(ifname, ns))

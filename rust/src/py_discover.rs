@@ -264,6 +264,7 @@ fn netlink_error(e: knd_netlink::NlError) -> PyErr {
     match e.kind {
         knd_netlink::ErrorKind::InvalidArgument => invalid_argument(e.message),
         knd_netlink::ErrorKind::Namespace => namespace_error(e.message),
+        knd_netlink::ErrorKind::NotAvailable => crate::errors::not_available(e.message),
         knd_netlink::ErrorKind::Netlink => Python::attach(|py| {
             let kwargs: Vec<(&str, Py<PyAny>)> = vec![
                 (

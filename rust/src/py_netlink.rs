@@ -16,6 +16,7 @@ pub fn to_py(e: NlError) -> PyErr {
     match e.kind {
         ErrorKind::InvalidArgument => with_attrs("InvalidArgument", &e),
         ErrorKind::Namespace => with_attrs("NamespaceError", &e),
+        ErrorKind::NotAvailable => with_attrs("NotAvailable", &e),
         ErrorKind::Netlink => Python::attach(|py| {
             let kw: Vec<(&str, Py<PyAny>)> = vec![
                 (
@@ -154,8 +155,16 @@ fn allowed(op: &str) -> Option<&'static [&'static str]> {
             "netns",
             "gso_max_size",
             "gro_max_size",
+            "gso_ipv4_max_size",
+            "gro_ipv4_max_size",
+            "master",
         ],
         "link_del" => &[],
+        "sysctl" => &["path", "value"],
+        "ethtool" => &["features", "private_flags"],
+        "vrf_add" => &["name", "table", "netns", "mtu", "mac", "group", "up"],
+        "rdma_move" => &["device", "netns"],
+        "ebpf_detach" => &[],
         "link_del_group" => &["group"],
         "veth_add" => &[
             "name",
@@ -227,6 +236,14 @@ const KEYS: &[&str] = &[
     "fwmark",
     "lladdr",
     "state",
+    "gso_ipv4_max_size",
+    "gro_ipv4_max_size",
+    "master",
+    "path",
+    "value",
+    "features",
+    "private_flags",
+    "device",
 ];
 
 fn key_id(k: &str) -> Option<usize> {
@@ -359,6 +376,55 @@ impl<'py> D<'py> {
             }
         }
     }
+    /// `master`: an interface name or ifindex; `""` or 0 detach (nomaster).
+    fn master(&self) -> Res<Option<Option<LinkRef>>> {
+        match self.slots[key_id("master").expect("known key")].as_ref() {
+            None => Ok(None),
+            Some(v) if v.is_none() => Ok(None),
+            Some(v) if v.is_instance_of::<pyo3::types::PyBool>() => {
+                Err("master must be an interface name or ifindex".into())
+            }
+            Some(v) => {
+                if let Ok(s) = v.extract::<String>() {
+                    if s.is_empty() {
+                        return Ok(Some(None));
+                    }
+                    plan::validate_ifname(&s)?;
+                    Ok(Some(Some(LinkRef::Name(s))))
+                } else {
+                    match v.extract::<i64>() {
+                        Ok(0) => Ok(Some(None)),
+                        Ok(i) if i > 0 && i <= i32::MAX as i64 => {
+                            Ok(Some(Some(LinkRef::Index(i as i32))))
+                        }
+                        _ => Err(format!(
+                            "master must be an interface name or a non-negative ifindex, got {v}"
+                        )),
+                    }
+                }
+            }
+        }
+    }
+    /// `{name: bool}` (ethtool features, private flags), in the dict's order.
+    fn bool_map(&self, k: &str) -> Res<Vec<(String, bool)>> {
+        let Some(v) = self.get(k) else {
+            return Ok(Vec::new());
+        };
+        let d = v
+            .cast::<PyDict>()
+            .map_err(|_| format!("{k} must be a dict of name -> bool"))?;
+        let mut out = Vec::with_capacity(d.len());
+        for (n, b) in d.iter() {
+            let n: String = n
+                .extract()
+                .map_err(|_| format!("{k}: names must be strings"))?;
+            if !b.is_instance_of::<pyo3::types::PyBool>() {
+                return Err(format!("{k}[{n:?}] must be a bool"));
+            }
+            out.push((n, b.extract::<bool>().map_err(|e| e.to_string())?));
+        }
+        Ok(out)
+    }
     fn only_named(&self, k: &str, names: &[(&str, u32)]) -> Res<Option<u32>> {
         match self.get(k) {
             None => Ok(None),
@@ -434,8 +500,10 @@ fn parse_step(p: &mut Parser, i: usize, obj: &Bound<'_, PyAny>) -> PyResult<Step
     let Some(keys) = allowed(&op) else {
         return Err(fail(&op, format!("unknown op {op:?}")));
     };
+    let no_link = matches!(op.as_str(), "sysctl" | "rdma_move" | "vrf_add");
     for k in dd.present() {
-        if !(k == "op" || k == "ns" || k == "ifname" || k == "ifindex" || keys.contains(&k)) {
+        let link_key = (k == "ifname" || k == "ifindex") && !no_link;
+        if !(k == "op" || k == "ns" || link_key || keys.contains(&k)) {
             return Err(fail(&op, format!("unknown key {k:?}")));
         }
     }
@@ -450,6 +518,8 @@ fn parse_step(p: &mut Parser, i: usize, obj: &Bound<'_, PyAny>) -> PyResult<Step
         }
     };
     let netns = nsk("netns")?;
+    let rdma_ns = if op == "rdma_move" { netns } else { None };
+    let netns = if op == "rdma_move" { None } else { netns };
     let peer_ns = if op == "veth_add" {
         nsk("peer_ns")?
     } else {
@@ -485,7 +555,39 @@ fn parse_step(p: &mut Parser, i: usize, obj: &Bound<'_, PyAny>) -> PyResult<Step
                 netns,
                 gso_max_size: dd.u32("gso_max_size")?,
                 gro_max_size: dd.u32("gro_max_size")?,
+                gso_ipv4_max_size: dd.u32("gso_ipv4_max_size")?,
+                gro_ipv4_max_size: dd.u32("gro_ipv4_max_size")?,
+                master: dd.master()?,
             }),
+            "sysctl" => Op::Sysctl(plan::Sysctl {
+                path: dd.req_str("path")?,
+                value: match dd.get("value") {
+                    None => return Err("value is required".into()),
+                    Some(v) if v.is_instance_of::<pyo3::types::PyBool>() => {
+                        return Err("value must be a string (or an integer)".into())
+                    }
+                    Some(v) => match v.extract::<String>() {
+                        Ok(s) => s,
+                        Err(_) => v
+                            .extract::<i64>()
+                            .map(|i| i.to_string())
+                            .map_err(|_| "value must be a string (or an integer)".to_string())?,
+                    },
+                },
+            }),
+            "ethtool" => Op::Ethtool(plan::Ethtool {
+                link: dd.req_link()?,
+                features: dd.bool_map("features")?,
+                private_flags: dd.bool_map("private_flags")?,
+            }),
+            "vrf_add" => new_link(Kind::Vrf {
+                table: dd.named("table", TABLES)?.ok_or("table is required")?,
+            })?,
+            "rdma_move" => Op::RdmaMove(plan::RdmaMove {
+                device: dd.req_str("device")?,
+                netns: rdma_ns.ok_or("netns (the target namespace) is required")?,
+            }),
+            "ebpf_detach" => Op::EbpfDetach(dd.req_link()?),
             "link_del" => Op::LinkDel(dd.req_link()?),
             "link_del_group" => Op::LinkDelGroup(dd.u32("group")?.ok_or("group is required")?),
             "veth_add" => new_link(Kind::Veth {
@@ -709,6 +811,8 @@ fn link_dict<'py>(py: Python<'py>, l: &knd_netlink::LinkInfo) -> PyResult<Bound<
     d.set_item("group", l.group)?;
     d.set_item("gso_max_size", l.gso_max_size)?;
     d.set_item("gro_max_size", l.gro_max_size)?;
+    d.set_item("gso_ipv4_max_size", l.gso_ipv4_max_size)?;
+    d.set_item("gro_ipv4_max_size", l.gro_ipv4_max_size)?;
     d.set_item("parent_dev_name", &l.parent_dev_name)?;
     d.set_item("parent_dev_bus", &l.parent_dev_bus)?;
     Ok(d)
@@ -857,7 +961,69 @@ fn dump_neighbours<'py>(
         .collect()
 }
 
+fn bool_dict<'py>(py: Python<'py>, v: &[(String, bool)]) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, b) in v {
+        d.set_item(k, *b)?;
+    }
+    Ok(d)
+}
+
+#[pyfunction]
+#[pyo3(signature = (ifname, ns = None))]
+fn dump_ethtool<'py>(
+    py: Python<'py>,
+    ifname: &str,
+    ns: Option<&Bound<'py, PyNetNs>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let ns = ns_arg(ns)?;
+    let (feats, fixed, flags) = py
+        .detach(|| knd_netlink::ethtool::dump_ethtool(ns.as_ref(), ifname))
+        .map_err(to_py)?;
+    let d = PyDict::new(py);
+    d.set_item("features", bool_dict(py, &feats)?)?;
+    d.set_item("private_flags", bool_dict(py, &flags)?)?;
+    d.set_item("fixed", fixed)?;
+    Ok(d)
+}
+
+#[pyfunction]
+#[pyo3(signature = (path, ns = None))]
+fn dump_sysctl(py: Python<'_>, path: &str, ns: Option<&Bound<'_, PyNetNs>>) -> PyResult<String> {
+    let ns = ns_arg(ns)?;
+    py.detach(|| knd_netlink::sysctl::read(ns.as_ref(), path))
+        .map_err(to_py)
+}
+
+#[pyfunction]
+#[pyo3(signature = (ifname, ns = None))]
+fn dump_tc<'py>(
+    py: Python<'py>,
+    ifname: &str,
+    ns: Option<&Bound<'py, PyNetNs>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let ns = ns_arg(ns)?;
+    let (filters, tcx) = py
+        .detach(|| knd_netlink::tc::dump_tc(ns.as_ref(), ifname))
+        .map_err(to_py)?;
+    let d = PyDict::new(py);
+    let ebpf = !tcx.is_empty() || filters.iter().any(|f| f.is_bpf());
+    d.set_item(
+        "filters",
+        filters.iter().map(|f| f.label()).collect::<Vec<_>>(),
+    )?;
+    d.set_item(
+        "tcx",
+        tcx.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+    )?;
+    d.set_item("ebpf", ebpf)?;
+    Ok(d)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(dump_ethtool, m)?)?;
+    m.add_function(wrap_pyfunction!(dump_sysctl, m)?)?;
+    m.add_function(wrap_pyfunction!(dump_tc, m)?)?;
     m.add_function(wrap_pyfunction!(apply, m)?)?;
     m.add_function(wrap_pyfunction!(encode, m)?)?;
     m.add_function(wrap_pyfunction!(dump_links, m)?)?;

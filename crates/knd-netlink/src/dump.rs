@@ -26,6 +26,8 @@ pub struct LinkInfo {
     pub group: u32,
     pub gso_max_size: Option<u32>,
     pub gro_max_size: Option<u32>,
+    pub gso_ipv4_max_size: Option<u32>,
+    pub gro_ipv4_max_size: Option<u32>,
     /// IFLA_PARENT_DEV_NAME (`"0000:00:03.0"` for a PCI NIC).
     pub parent_dev_name: Option<String>,
     /// IFLA_PARENT_DEV_BUS_NAME (`"pci"`).
@@ -113,6 +115,8 @@ pub fn parse_link(p: &[u8]) -> Option<LinkInfo> {
             wire::IFLA_GROUP => l.group = wire::get_u32(v).unwrap_or(0),
             wire::IFLA_GSO_MAX_SIZE => l.gso_max_size = wire::get_u32(v),
             wire::IFLA_GRO_MAX_SIZE => l.gro_max_size = wire::get_u32(v),
+            wire::IFLA_GSO_IPV4_MAX_SIZE => l.gso_ipv4_max_size = wire::get_u32(v),
+            wire::IFLA_GRO_IPV4_MAX_SIZE => l.gro_ipv4_max_size = wire::get_u32(v),
             wire::IFLA_PARENT_DEV_NAME => l.parent_dev_name = Some(wire::get_str(v)),
             wire::IFLA_PARENT_DEV_BUS_NAME => l.parent_dev_bus = Some(wire::get_str(v)),
             wire::IFLA_LINKINFO => {

@@ -11,6 +11,8 @@ pub enum ErrorKind {
     Namespace,
     /// The kernel refused a request (or a socket call failed).
     Netlink,
+    /// A facility the step needs is missing on this node (RDMA, ethtool netlink).
+    NotAvailable,
 }
 
 /// A failure of a netlink request or of a plan step.

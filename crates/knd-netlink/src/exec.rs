@@ -16,6 +16,7 @@ use knd_netns::NetNs;
 
 use crate::dump::{self, LinkInfo};
 use crate::error::{ErrorKind, NlError};
+use crate::ethtool::{self, Dev, EthtoolConn};
 use crate::plan::{self, Kind, LinkRef, LinkSet, Op, Resolved};
 use crate::snapshot::{self, LinkState, Snapshot};
 use crate::sock::{Conn, Reply};
@@ -69,6 +70,25 @@ enum Undo {
     },
     /// Restore a link changed by `link_set`.
     Restore(Box<Restore>),
+    /// Write a sysctl's previous value back.
+    Sysctl {
+        space: usize,
+        path: String,
+        old: String,
+    },
+    /// Set ethtool features and private flags back.
+    Ethtool {
+        space: usize,
+        ifindex: i32,
+        features: Vec<(String, bool)>,
+        flags: Vec<(String, bool)>,
+    },
+    /// Move an RDMA device back.
+    RdmaMove {
+        device: String,
+        from: usize,
+        to: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +140,8 @@ struct Engine<'p> {
     done_count: usize,
     /// Take a snapshot of a namespace before moving links out of it (for rollback).
     snapshots: bool,
+    /// Ethtool sockets, per space.
+    ethtool: HashMap<usize, EthtoolConn>,
 }
 
 /// Executes `plan`. On failure the completed steps are undone (when `rollback`)
@@ -217,9 +239,52 @@ fn ns_uses(s: &Step) -> Vec<usize> {
                 v.extend(*peer_ns);
             }
         }
+        Op::RdmaMove(m) => v.push(m.netns),
         _ => {}
     }
     v
+}
+
+/// Puts the step's facts on an error raised outside the batch.
+fn attribute(mut e: NlError, index: usize, op: &Op) -> NlError {
+    e.message = format!(
+        "step {index} ({}{}): {}",
+        op.name(),
+        ifname_suffix(op),
+        e.message
+    );
+    e.step_index = index as i64;
+    e.op = op.name();
+    if e.ifname.is_none() {
+        e.ifname = op.ifname();
+    }
+    e
+}
+
+fn rdma_err(e: knd_rdma::RdmaError) -> NlError {
+    use knd_rdma::RdmaError as R;
+    let msg = e.to_string();
+    match e {
+        R::NotAvailable(_) => NlError::new(ErrorKind::NotAvailable, msg),
+        R::Invalid(_) => NlError::invalid(msg),
+        R::Namespace(n) => {
+            let mut x = NlError::namespace(msg);
+            x.errno = n.errno;
+            x
+        }
+        R::Kernel { errno, message, .. } => {
+            let mut x = NlError::new(ErrorKind::Netlink, msg);
+            x.errno = errno;
+            x.kernel_message = message.into();
+            x
+        }
+        R::Os { errno, .. } => {
+            let mut x = NlError::new(ErrorKind::Netlink, msg);
+            x.errno = errno;
+            x
+        }
+        R::Protocol(_) => NlError::new(ErrorKind::Netlink, msg),
+    }
 }
 
 fn step_err(kind: ErrorKind, index: usize, op: &Op, message: String) -> NlError {
@@ -296,6 +361,7 @@ impl<'p> Engine<'p> {
             sends: 0,
             results: Vec::with_capacity(plan.steps.len()),
             done_count: 0,
+            ethtool: HashMap::new(),
         })
     }
 
@@ -359,6 +425,7 @@ impl<'p> Engine<'p> {
                 }
             }
         }
+        self.check_side_channels()?;
         // Sockets for every other namespace of the plan, opened on one thread.
         let want: Vec<usize> = (0..self.spaces.len())
             .filter(|&k| !self.spaces[k].here && self.spaces[k].conn.is_none())
@@ -550,6 +617,29 @@ impl<'p> Engine<'p> {
         let plan = self.plan;
         for (i, step) in plan.steps.iter().enumerate() {
             let sp = self.space_of(step.ns);
+            if step.op.is_side_channel() {
+                self.flush()?;
+                let target = match step.op.refs().0 {
+                    Some(l) => Some(self.resolve(i, sp, l)?),
+                    None => None,
+                };
+                let undo = self
+                    .side(sp, &step.op, target.as_ref())
+                    .map_err(|e| attribute(e, i, &step.op))?;
+                let ifindex = target.as_ref().map(|t| t.ifindex);
+                self.results.push(StepResult {
+                    index: i,
+                    op: step.op.name(),
+                    ifindex,
+                });
+                self.done.push(Item {
+                    index: i,
+                    undo,
+                    ifindex,
+                    spaces: [Some(sp), None, None],
+                });
+                continue;
+            }
             if !self.items.is_empty() && self.batch_space != sp {
                 self.flush()?;
             }
@@ -684,6 +774,9 @@ impl<'p> Engine<'p> {
                 }))
             }
             Op::LinkDel(_) => Undo::Impossible("a deleted link cannot be recreated"),
+            Op::Sysctl(_) | Op::Ethtool(_) | Op::RdmaMove(_) | Op::EbpfDetach(_) => {
+                Undo::Impossible("not a batched step")
+            }
             Op::LinkDelGroup(_) => Undo::Impossible("deleted links cannot be recreated"),
             Op::NewLink(n) => Undo::DelLink {
                 space: n.netns.map(|k| self.map[k]).unwrap_or(sp),
@@ -875,9 +968,229 @@ impl<'p> Engine<'p> {
         }
     }
 
+    fn ns_opt(&self, space: usize) -> Option<&NetNs> {
+        let sp = &self.spaces[space];
+        (!sp.here).then_some(&sp.ns)
+    }
+
+    fn ethtool_conn(&mut self, space: usize) -> Result<&mut EthtoolConn, NlError> {
+        if !self.ethtool.contains_key(&space) {
+            let c = EthtoolConn::open(self.ns_opt(space))?;
+            self.ethtool.insert(space, c);
+        }
+        Ok(self.ethtool.get_mut(&space).expect("just opened"))
+    }
+
+    /// Before anything is sent: RDMA devices to move exist (and RDMA netlink
+    /// answers), and ethtool feature names are known to this kernel.
+    fn check_side_channels(&mut self) -> Result<(), NlError> {
+        let plan = self.plan;
+        let mut feature_names: Option<Vec<String>> = None;
+        for (i, s) in plan.steps.iter().enumerate() {
+            let sp = self.space_of(s.ns);
+            match &s.op {
+                Op::RdmaMove(m) => {
+                    let d = desc(&self.spaces[sp].ns, self.spaces[sp].here);
+                    let devs = knd_rdma::RdmaSocket::open(self.ns_opt(sp))
+                        .and_then(|sock| sock.devices())
+                        .map_err(|e| {
+                            let mut x = rdma_err(e);
+                            if x.kind == ErrorKind::NotAvailable {
+                                x.message = format!(
+                                    "cannot move RDMA device {:?}: RDMA is not available in {d} ({})",
+                                    m.device, x.message
+                                );
+                            }
+                            attribute(x, i, &s.op)
+                        })?;
+                    if !devs.iter().any(|l| l.name == m.device) {
+                        let mut e = step_err(
+                            ErrorKind::InvalidArgument,
+                            i,
+                            &s.op,
+                            format!("no RDMA device named {:?} in {d}", m.device),
+                        );
+                        e.errno = libc::ENODEV;
+                        return Err(e);
+                    }
+                }
+                Op::Ethtool(t) if !t.features.is_empty() => {
+                    if feature_names.is_none() {
+                        // Feature names are the kernel's, the same for every device.
+                        let names = EthtoolConn::open(None)
+                            .and_then(|mut c| c.strings(Dev::None, ethtool::ETH_SS_FEATURES))
+                            .map_err(|e| attribute(e, i, &s.op))?;
+                        feature_names = Some(names);
+                    }
+                    let known = feature_names.as_deref().unwrap_or_default();
+                    for (n, _) in &t.features {
+                        if !known.iter().any(|k| k == n) {
+                            return Err(step_err(
+                                ErrorKind::InvalidArgument,
+                                i,
+                                &s.op,
+                                format!("unknown ethtool feature {n:?} (not a feature name of this kernel)"),
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a step that does not travel in the rtnetlink batch; returns its undo.
+    fn side(&mut self, sp: usize, op: &Op, target: Option<&LinkInfo>) -> Result<Undo, NlError> {
+        match op {
+            Op::Sysctl(s) => {
+                let old = crate::sysctl::swap(self.ns_opt(sp), &s.path, &s.value)?;
+                Ok(Undo::Sysctl {
+                    space: sp,
+                    path: s.path.clone(),
+                    old,
+                })
+            }
+            Op::Ethtool(t) => {
+                let Some(link) = target else {
+                    return Err(NlError::invalid("link not resolved"));
+                };
+                let ifindex = link.ifindex;
+                let name = link.name.clone();
+                let c = self.ethtool_conn(sp)?;
+                let mut prior_f = Vec::new();
+                if !t.features.is_empty() {
+                    let f = c.features(Dev::Index(ifindex))?;
+                    for (n, on) in &t.features {
+                        if !f.names.iter().any(|k| k == n) {
+                            return Err(NlError::invalid(format!("unknown ethtool feature {n:?}")));
+                        }
+                        let now = f.active.contains(n);
+                        if now != *on && f.fixed(n) {
+                            return Err(NlError::invalid(format!(
+                                "ethtool feature {n:?} is fixed {} on {name} and cannot be turned {}",
+                                if now { "on" } else { "off" },
+                                if *on { "on" } else { "off" }
+                            )));
+                        }
+                        prior_f.push((n.clone(), now));
+                    }
+                }
+                let mut prior_p = Vec::new();
+                if !t.private_flags.is_empty() {
+                    let have = c.private_flags(Dev::Index(ifindex))?;
+                    for (n, _) in &t.private_flags {
+                        match have.iter().find(|(k, _)| k == n) {
+                            Some((_, v)) => prior_p.push((n.clone(), *v)),
+                            None => {
+                                let known: Vec<&str> = have.iter().map(|x| x.0.as_str()).collect();
+                                return Err(NlError::invalid(format!(
+                                    "unknown private flag {n:?} on {name} (it has: {})",
+                                    if known.is_empty() {
+                                        "none".to_string()
+                                    } else {
+                                        known.join(", ")
+                                    }
+                                )));
+                            }
+                        }
+                    }
+                }
+                c.set(ethtool::MSG_FEATURES_SET, ifindex, &t.features)?;
+                let checked = (|| -> Result<(), NlError> {
+                    c.set(ethtool::MSG_PRIVFLAGS_SET, ifindex, &t.private_flags)?;
+                    if !t.features.is_empty() {
+                        let f = c.features(Dev::Index(ifindex))?;
+                        let off: Vec<&str> = t
+                            .features
+                            .iter()
+                            .filter(|(n, on)| f.active.contains(n) != *on)
+                            .map(|(n, _)| n.as_str())
+                            .collect();
+                        if !off.is_empty() {
+                            return Err(NlError::new(
+                                ErrorKind::Netlink,
+                                format!(
+                                    "the kernel did not apply ethtool feature(s) {} on {name} (they depend on other features)",
+                                    off.join(", ")
+                                ),
+                            ));
+                        }
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = checked {
+                    // Nothing of this step stays behind.
+                    let _ = c.set(ethtool::MSG_FEATURES_SET, ifindex, &prior_f);
+                    let _ = c.set(ethtool::MSG_PRIVFLAGS_SET, ifindex, &prior_p);
+                    return Err(e);
+                }
+                Ok(Undo::Ethtool {
+                    space: sp,
+                    ifindex,
+                    features: prior_f,
+                    flags: prior_p,
+                })
+            }
+            Op::RdmaMove(m) => {
+                let to = self.map[m.netns];
+                let sock = knd_rdma::RdmaSocket::open(self.ns_opt(sp)).map_err(rdma_err)?;
+                sock.move_to(&m.device, &self.spaces[to].ns)
+                    .map_err(rdma_err)?;
+                Ok(Undo::RdmaMove {
+                    device: m.device.clone(),
+                    from: sp,
+                    to,
+                })
+            }
+            Op::EbpfDetach(_) => {
+                let Some(link) = target else {
+                    return Err(NlError::invalid("link not resolved"));
+                };
+                let r = Resolved {
+                    target: link.ifindex,
+                    other: 0,
+                };
+                match self.send_one(sp, op, r, &|_| -1) {
+                    Ok(()) => {}
+                    // No clsact/ingress qdisc: no tc filters.
+                    Err(e) if e.errno == libc::EINVAL || e.errno == libc::ENOENT => {}
+                    Err(e) => return Err(e),
+                }
+                let idx = link.ifindex;
+                match self.ns_opt(sp) {
+                    None => crate::tc::tcx_detach_here(idx)?,
+                    Some(ns) => ns.run_in(move || crate::tc::tcx_detach_here(idx))??,
+                };
+                Ok(Undo::Impossible(
+                    "detached eBPF programs cannot be attached again",
+                ))
+            }
+            _ => Err(NlError::invalid(format!("{} is a batched step", op.name()))),
+        }
+    }
+
     fn undo(&mut self, u: &Undo) -> Result<(), NlError> {
         let fds: Vec<i32> = (0..self.spaces.len()).map(|k| self.fd(k)).collect();
         match u {
+            Undo::Sysctl { space, path, old } => {
+                crate::sysctl::write(self.ns_opt(*space), path, old)
+            }
+            Undo::Ethtool {
+                space,
+                ifindex,
+                features,
+                flags,
+            } => {
+                let c = self.ethtool_conn(*space)?;
+                c.set(ethtool::MSG_FEATURES_SET, *ifindex, features)?;
+                c.set(ethtool::MSG_PRIVFLAGS_SET, *ifindex, flags)
+            }
+            Undo::RdmaMove { device, from, to } => {
+                let sock = knd_rdma::RdmaSocket::open(self.ns_opt(*to)).map_err(rdma_err)?;
+                sock.move_to(device, &self.spaces[*from].ns)
+                    .map_err(rdma_err)
+            }
             Undo::Impossible(why) => Err(NlError::new(
                 ErrorKind::Netlink,
                 format!("cannot be undone: {why}"),
@@ -924,6 +1237,11 @@ impl<'p> Engine<'p> {
                     netns: moved.then_some(rs.before),
                     gso_max_size: s.gso_max_size.and(p.gso_max_size),
                     gro_max_size: s.gro_max_size.and(p.gro_max_size),
+                    gso_ipv4_max_size: s.gso_ipv4_max_size.and(p.gso_ipv4_max_size),
+                    gro_ipv4_max_size: s.gro_ipv4_max_size.and(p.gro_ipv4_max_size),
+                    // A move leaves the master behind: only a master change in place is undone.
+                    master: (s.master.is_some() && !moved)
+                        .then(|| p.master.filter(|m| *m > 0).map(LinkRef::Index)),
                 };
                 let idx = if moved {
                     self.index_now(rs.after, &rs.name_after)?
@@ -932,7 +1250,7 @@ impl<'p> Engine<'p> {
                 };
                 let r = Resolved {
                     target: idx,
-                    other: 0,
+                    other: p.master.unwrap_or(0),
                 };
                 self.send_one(rs.after, &Op::LinkSet(back), r, &|k| fds[k])?;
                 if moved && !rs.state.is_empty() {

@@ -18,10 +18,13 @@
 
 pub mod dump;
 pub mod error;
+pub mod ethtool;
 pub mod exec;
 pub mod plan;
 mod snapshot;
 pub mod sock;
+pub mod sysctl;
+pub mod tc;
 pub mod wire;
 
 pub use dump::{

@@ -45,6 +45,10 @@ pub struct LinkSet {
     pub netns: Option<usize>,
     pub gso_max_size: Option<u32>,
     pub gro_max_size: Option<u32>,
+    pub gso_ipv4_max_size: Option<u32>,
+    pub gro_ipv4_max_size: Option<u32>,
+    /// IFLA_MASTER: `Some(None)` detaches the link from its master (nomaster).
+    pub master: Option<Option<LinkRef>>,
 }
 
 /// The kind-specific part of a link creation.
@@ -69,6 +73,9 @@ pub enum Kind {
         link: LinkRef,
         id: u16,
         protocol: u16,
+    },
+    Vrf {
+        table: u32,
     },
 }
 
@@ -142,6 +149,36 @@ pub enum Op {
     Route(Route),
     Rule(Rule),
     Neigh(Neigh),
+    /// Write `value` to `/proc/sys/<path>` from a thread inside the step's namespace.
+    Sysctl(Sysctl),
+    /// Ethtool features and private flags (ethtool generic netlink).
+    Ethtool(Ethtool),
+    /// Move an RDMA device to another namespace (RDMA netlink).
+    RdmaMove(RdmaMove),
+    /// Remove tc filters (clsact/ingress qdiscs) and tcx programs of a link.
+    EbpfDetach(LinkRef),
+}
+
+/// `sysctl`: a path relative to `/proc/sys` (always under `net/`) and its new value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sysctl {
+    pub path: String,
+    pub value: String,
+}
+
+/// `ethtool`: features and private flags to turn on (`true`) or off, by kernel name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ethtool {
+    pub link: LinkRef,
+    pub features: Vec<(String, bool)>,
+    pub private_flags: Vec<(String, bool)>,
+}
+
+/// `rdma_move`: an RDMA device (by name) into the namespace `netns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdmaMove {
+    pub device: String,
+    pub netns: usize,
 }
 
 impl Op {
@@ -156,7 +193,12 @@ impl Op {
                 Kind::Macvlan { .. } => "macvlan_add",
                 Kind::Ipvlan { .. } => "ipvlan_add",
                 Kind::Vlan { .. } => "vlan_add",
+                Kind::Vrf { .. } => "vrf_add",
             },
+            Op::Sysctl(_) => "sysctl",
+            Op::Ethtool(_) => "ethtool",
+            Op::RdmaMove(_) => "rdma_move",
+            Op::EbpfDetach(_) => "ebpf_detach",
             Op::Addr(a) => ["addr_del", "addr_add"][a.add as usize],
             Op::Route(r) => ["route_del", "route_add"][r.add as usize],
             Op::Rule(r) => ["rule_del", "rule_add"][r.add as usize],
@@ -172,6 +214,7 @@ impl Op {
                 Kind::Macvlan { .. } => "macvlan",
                 Kind::Ipvlan { .. } => "ipvlan",
                 Kind::Vlan { .. } => "vlan",
+                Kind::Vrf { .. } => "vrf",
             }),
             _ => None,
         }
@@ -185,14 +228,27 @@ impl Op {
             Op::Addr(a) => Some(&a.link),
             Op::Route(r) => r.oif.as_ref(),
             Op::Neigh(n) => Some(&n.link),
+            Op::Ethtool(t) => Some(&t.link),
+            Op::EbpfDetach(l) => Some(l),
             _ => None,
         }
+    }
+
+    /// True for steps that do not travel on the rtnetlink socket (they run
+    /// on their own, after the pending batch has been sent).
+    pub fn is_side_channel(&self) -> bool {
+        matches!(
+            self,
+            Op::Sysctl(_) | Op::Ethtool(_) | Op::RdmaMove(_) | Op::EbpfDetach(_)
+        )
     }
 
     /// The interface name to report for this step.
     pub fn ifname(&self) -> Option<String> {
         match self {
             Op::NewLink(n) => Some(n.name.clone()),
+            Op::RdmaMove(m) => Some(m.device.clone()),
+            Op::Sysctl(_) => None,
             Op::Rule(r) => r.iif.clone().or_else(|| r.oif.clone()),
             _ => self.target().map(|l| l.to_string()),
         }
@@ -202,18 +258,20 @@ impl Op {
     /// `(target, other)` where other is a parent link or a route's oif.
     pub fn refs(&self) -> (Option<&LinkRef>, Option<&LinkRef>) {
         match self {
-            Op::LinkSet(s) => (s.link.as_ref(), None),
+            Op::LinkSet(s) => (s.link.as_ref(), s.master.as_ref().and_then(|m| m.as_ref())),
             Op::LinkDel(l) => (Some(l), None),
             Op::NewLink(n) => match &n.kind {
                 Kind::Macvlan { link, .. }
                 | Kind::Ipvlan { link, .. }
                 | Kind::Vlan { link, .. } => (None, Some(link)),
-                Kind::Veth { .. } => (None, None),
+                Kind::Veth { .. } | Kind::Vrf { .. } => (None, None),
             },
             Op::Addr(a) => (Some(&a.link), None),
             Op::Route(r) => (None, r.oif.as_ref()),
             Op::Neigh(n) => (Some(&n.link), None),
-            Op::LinkDelGroup(_) | Op::Rule(_) => (None, None),
+            Op::Ethtool(t) => (Some(&t.link), None),
+            Op::EbpfDetach(l) => (Some(l), None),
+            Op::LinkDelGroup(_) | Op::Rule(_) | Op::Sysctl(_) | Op::RdmaMove(_) => (None, None),
         }
     }
 
@@ -271,6 +329,9 @@ impl Op {
                     Kind::Vlan { id, .. } if *id == 0 || *id > 4094 => {
                         return Err(format!("vlan_id {id} is outside 1..4094"))
                     }
+                    Kind::Vrf { table } if *table == 0 => {
+                        return Err("a vrf needs a routing table other than 0".into())
+                    }
                     _ => {}
                 }
             }
@@ -311,10 +372,49 @@ impl Op {
                     return Err("neigh_add needs lladdr".into());
                 }
             }
+            Op::Sysctl(s) => validate_sysctl_path(&s.path)?,
+            Op::Ethtool(t) => {
+                if t.features.is_empty() && t.private_flags.is_empty() {
+                    return Err("ethtool needs features or private_flags".into());
+                }
+                for (n, _) in t.features.iter().chain(&t.private_flags) {
+                    if n.is_empty() || n.len() > 31 || n.bytes().any(|b| b == 0) {
+                        return Err(format!("invalid ethtool name {n:?}"));
+                    }
+                }
+            }
+            Op::RdmaMove(m)
+                if m.device.is_empty()
+                    || m.device.len() > 63
+                    || m.device.bytes().any(|b| b == b'/' || b == 0) =>
+            {
+                return Err(format!("invalid RDMA device name {:?}", m.device));
+            }
             _ => {}
         }
         Ok(())
     }
+}
+
+/// A sysctl path relative to `/proc/sys`: under `net/`, made of plain
+/// components (no `.`/`..`, no empty component, no leading `/`).
+pub fn validate_sysctl_path(path: &str) -> Result<(), String> {
+    if !path.starts_with("net/") {
+        return Err(format!(
+            "sysctl path {path:?} must be relative to /proc/sys and start with \"net/\""
+        ));
+    }
+    for c in path.split('/') {
+        if c.is_empty() || c == "." || c == ".." {
+            return Err(format!(
+                "sysctl path {path:?} has an empty, '.' or '..' component"
+            ));
+        }
+        if c.bytes().any(|b| b == 0 || b.is_ascii_whitespace()) {
+            return Err(format!("sysctl path {path:?} contains NUL or whitespace"));
+        }
+    }
+    Ok(())
 }
 
 fn fam_name(f: u8) -> &'static str {
@@ -463,6 +563,20 @@ pub fn encode(
             if let Some(v) = s.gro_max_size {
                 e.attr_u32(wire::IFLA_GRO_MAX_SIZE, v);
             }
+            if let Some(v) = s.gso_ipv4_max_size {
+                e.attr_u32(wire::IFLA_GSO_IPV4_MAX_SIZE, v);
+            }
+            if let Some(v) = s.gro_ipv4_max_size {
+                e.attr_u32(wire::IFLA_GRO_IPV4_MAX_SIZE, v);
+            }
+            if let Some(m) = &s.master {
+                let idx = if m.is_some() {
+                    r.other.max(0) as u32
+                } else {
+                    0
+                };
+                e.attr_u32(wire::IFLA_MASTER, idx);
+            }
             e.end_msg(m);
         }
         Op::LinkDel(l) => {
@@ -537,6 +651,7 @@ pub fn encode(
                     e.attr_u16(wire::IFLA_VLAN_ID, *id);
                     e.attr(wire::IFLA_VLAN_PROTOCOL, &protocol.to_be_bytes());
                 }
+                Kind::Vrf { table } => e.attr_u32(wire::IFLA_VRF_TABLE, *table),
             }
             e.end_nest(data);
             e.end_nest(li);
@@ -646,6 +761,23 @@ pub fn encode(
             }
             e.end_msg(m);
         }
+        Op::Sysctl(_) | Op::Ethtool(_) | Op::RdmaMove(_) => {
+            return Err(NlError::invalid(format!(
+                "{} is not an rtnetlink request",
+                op.name()
+            )))
+        }
+        Op::EbpfDetach(_) => {
+            // The encodable part: deleting the clsact (or ingress) qdisc,
+            // which takes every tc filter attached to it along.
+            let m = e.begin_msg(wire::RTM_DELQDISC, REQ_ACK, seq);
+            e.bytes(&[wire::AF_UNSPEC, 0, 0, 0]);
+            e.u32(r.target as u32);
+            e.u32(wire::TC_H_CLSACT_HANDLE);
+            e.u32(wire::TC_H_CLSACT);
+            e.u32(0);
+            e.end_msg(m);
+        }
         Op::Neigh(n) => {
             let (ty, fl) = if n.add {
                 (wire::RTM_NEWNEIGH, CREATE)
@@ -737,6 +869,87 @@ mod tests {
                       0800 2900 00000100
                       0800 3a00 00000100");
         assert_eq!(enc(op, 3, 0), want);
+    }
+
+    #[test]
+    fn link_set_master_and_ipv4_gso_gro() {
+        // enslave to ifindex 9 (resolved as `other`), IPv4 GSO/GRO sizes
+        let op = Op::LinkSet(LinkSet {
+            link: Some(LinkRef::Index(3)),
+            gso_ipv4_max_size: Some(65536),
+            gro_ipv4_max_size: Some(32768),
+            master: Some(Some(LinkRef::Name("br0".into()))),
+            ..Default::default()
+        });
+        let want = h("38000000 1000 0500 01000000 00000000
+                      00 00 0000 03000000 00000000 00000000
+                      0800 3f00 00000100
+                      0800 4000 00800000
+                      0800 0a00 09000000");
+        assert_eq!(enc(op, 3, 9), want);
+        // nomaster: IFLA_MASTER 0
+        let op = Op::LinkSet(LinkSet {
+            link: Some(LinkRef::Index(3)),
+            master: Some(None),
+            ..Default::default()
+        });
+        let want = h("28000000 1000 0500 01000000 00000000
+                      00 00 0000 03000000 00000000 00000000
+                      0800 0a00 00000000");
+        assert_eq!(enc(op, 3, 0), want);
+    }
+
+    #[test]
+    fn vrf_with_table() {
+        let op = new_link("vrf-blue", Kind::Vrf { table: 10 });
+        let want = h("48000000 1000 0506 01000000 00000000
+                      00 00 0000 00000000 00000000 00000000
+                      0d00 0300 7672662d626c756500 000000
+                      1800 1200
+                        0800 0100 76726600
+                        0c00 0200
+                          0800 0100 0a000000");
+        assert_eq!(enc(op, 0, 0), want);
+        assert!(new_link("v", Kind::Vrf { table: 0 }).validate().is_err());
+    }
+
+    #[test]
+    fn ebpf_detach_deletes_the_clsact_qdisc() {
+        // tcmsg: family 0, ifindex 7, handle ffff:0, parent ffff:fff1
+        let want = h("24000000 2500 0500 01000000 00000000
+                      00 000000 07000000 0000ffff f1ffffff 00000000");
+        assert_eq!(enc(Op::EbpfDetach(LinkRef::Index(7)), 7, 0), want);
+    }
+
+    #[test]
+    fn side_channel_steps_validate() {
+        let s = |p: &str| {
+            Op::Sysctl(Sysctl {
+                path: p.into(),
+                value: "1".into(),
+            })
+            .validate()
+        };
+        assert!(s("net/ipv4/conf/net1/arp_ignore").is_ok());
+        assert!(s("kernel/hostname").is_err());
+        assert!(s("/net/ipv4/ip_forward").is_err());
+        assert!(s("net/ipv4/../../kernel/x").is_err());
+        assert!(s("net//ipv4").is_err());
+        let e = Op::Ethtool(Ethtool {
+            link: LinkRef::Index(1),
+            features: vec![],
+            private_flags: vec![],
+        });
+        assert!(e.validate().is_err());
+        let m = Op::RdmaMove(RdmaMove {
+            device: "mlx5_0".into(),
+            netns: 0,
+        });
+        assert!(m.validate().is_ok());
+        assert_eq!(m.name(), "rdma_move");
+        assert!(m.is_side_channel());
+        let mut b = Vec::new();
+        assert!(encode(&mut Enc::new(&mut b), 1, &m, Resolved::default(), &|_| 0).is_err());
     }
 
     #[test]

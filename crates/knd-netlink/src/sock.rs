@@ -74,7 +74,24 @@ fn getopt(fd: i32, level: i32, name: i32) -> i32 {
 impl Conn {
     /// A socket in the calling thread's namespace.
     pub fn open_here() -> Result<Self, NlError> {
-        let sock = NlSocket::connect(NlFamily::Route, None, Groups::empty())
+        Self::open_family_here(NlFamily::Route)
+    }
+
+    /// A NETLINK_GENERIC socket in the calling thread's namespace.
+    pub fn open_generic_here() -> Result<Self, NlError> {
+        Self::open_family_here(NlFamily::Generic)
+    }
+
+    /// A NETLINK_GENERIC socket inside `ns` (the caller's namespace for `None`).
+    pub fn open_generic(ns: Option<&NetNs>) -> Result<Self, NlError> {
+        match ns {
+            None => Self::open_generic_here(),
+            Some(ns) => ns.run_in(Self::open_generic_here)?,
+        }
+    }
+
+    fn open_family_here(family: NlFamily) -> Result<Self, NlError> {
+        let sock = NlSocket::connect(family, None, Groups::empty())
             .map_err(|e| NlError::os("cannot open a netlink socket", e))?;
         sock.enable_ext_ack(true)
             .map_err(|e| NlError::os("NETLINK_EXT_ACK", e))?;

@@ -40,6 +40,19 @@ pub const RTM_GETNEIGH: u16 = 30;
 pub const RTM_NEWRULE: u16 = 32;
 pub const RTM_DELRULE: u16 = 33;
 pub const RTM_GETRULE: u16 = 34;
+pub const RTM_DELQDISC: u16 = 37;
+pub const RTM_GETQDISC: u16 = 38;
+pub const RTM_NEWTFILTER: u16 = 44;
+pub const RTM_GETTFILTER: u16 = 46;
+
+// tc: the clsact/ingress qdisc sits at parent TC_H_CLSACT with handle ffff:0
+pub const TC_H_CLSACT: u32 = 0xFFFF_FFF1;
+pub const TC_H_CLSACT_HANDLE: u32 = 0xFFFF_0000;
+pub const TC_H_MIN_INGRESS: u32 = 0xFFF2;
+pub const TC_H_MIN_EGRESS: u32 = 0xFFF3;
+pub const TCA_KIND: u16 = 1;
+pub const TCA_OPTIONS: u16 = 2;
+pub const TCA_BPF_NAME: u16 = 7;
 
 // IFLA_*
 pub const IFLA_ADDRESS: u16 = 1;
@@ -57,6 +70,9 @@ pub const IFLA_GSO_MAX_SIZE: u16 = 41;
 pub const IFLA_PARENT_DEV_NAME: u16 = 56;
 pub const IFLA_PARENT_DEV_BUS_NAME: u16 = 57;
 pub const IFLA_GRO_MAX_SIZE: u16 = 58;
+pub const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
+pub const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
+pub const IFLA_VRF_TABLE: u16 = 1;
 pub const IFLA_INFO_KIND: u16 = 1;
 pub const IFLA_INFO_DATA: u16 = 2;
 pub const VETH_INFO_PEER: u16 = 1;
