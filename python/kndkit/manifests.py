@@ -127,14 +127,16 @@ def _load_class(spec: str) -> Any:
         sys.modules[mod_name] = module
         try:
             mspec.loader.exec_module(module)
-        except Exception:
+        except Exception as e:
             sys.modules.pop(mod_name, None)
-            raise
+            raise InvalidArgument(f"driver {spec!r}: loading {path} failed: {e!r}") from e
     else:
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as e:
             raise InvalidArgument(f"driver {spec!r}: no module {e.name!r}") from e
+        except Exception as e:
+            raise InvalidArgument(f"driver {spec!r}: importing {target} failed: {e!r}") from e
     try:
         return getattr(module, attr)
     except AttributeError:

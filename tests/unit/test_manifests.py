@@ -333,6 +333,12 @@ def test_driver_spec_forms(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPat
         driver_name_of("mydrv_km:Missing")
     with pytest.raises(InvalidArgument, match="no module 'nosuch_km'"):
         driver_name_of("nosuch_km:X")
+    broken = tmp_path / "broken_km.py"
+    broken.write_text("raise RuntimeError('half-written driver')\n")
+    with pytest.raises(InvalidArgument, match="half-written driver"):
+        driver_name_of(f"{broken}:X")
+    with pytest.raises(InvalidArgument, match=r"importing broken_km failed.*half-written"):
+        driver_name_of("broken_km:X")
     with pytest.raises(InvalidArgument, match="no file"):
         driver_name_of(f"{tmp_path}/absent.py:X")
     with pytest.raises(
