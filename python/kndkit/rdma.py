@@ -23,7 +23,8 @@ This module provides:
   (DraNet leaves mode and owner to the runtime);
 * :class:`RdmaStep`: a plan step setting ``plan.rdma``;
 * :func:`adjustment_for`: the NRI ``CreateContainer`` adjustment injecting the
-  character devices of a pod's plans.
+  character devices of a pod's plans;
+* :func:`port_states`: the ports' link states from sysfs, for health reports.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ __all__ = [
     "adjustment_for",
     "char_devices",
     "netns_mode",
+    "port_states",
 ]
 
 log = logging.getLogger("kndkit.rdma")
@@ -241,6 +243,23 @@ def char_devices(
             )
         )
     return tuple(out)
+
+
+def port_states(rdma_device: str, *, sysfs_root: str | os.PathLike[str] = "/sys") -> dict[int, str]:
+    """Port number -> state (``"ACTIVE"``, ``"DOWN"``, ``"INIT"``...) of an RDMA
+    device, read from ``class/infiniband/<dev>/ports/<n>/state`` (``"4: ACTIVE"``).
+    Empty when the device or its ports cannot be read (gone, another namespace)."""
+    ports = Path(sysfs_root) / "class" / "infiniband" / rdma_device / "ports"
+    try:
+        entries = os.listdir(ports)
+    except OSError:
+        return {}
+    out: dict[int, str] = {}
+    for entry in entries:
+        text = _read(ports / entry / "state")
+        if entry.isdigit() and text:
+            out[int(entry)] = text.partition(":")[2].strip() or text
+    return dict(sorted(out.items()))
 
 
 # --------------------------------------------------------------------------- source

@@ -30,6 +30,7 @@ from kndkit.rdma import (
     adjustment_for,
     char_devices,
     netns_mode,
+    port_states,
 )
 from kndkit.sources import NodeDevice
 from kndkit.testing.sysfs import SysfsBuilder, build_synthetic
@@ -483,6 +484,19 @@ async def test_example_refuses_netdev_config_for_ib_only(
     assert e.value.field == "interface.name"
     with pytest.raises(ConfigError, match="owner"):
         await driver.prepare_claim(_claim(ib.name, "node1", {"rdma": {"owner": 1}}))
+
+
+def test_example_health_from_port_states(tmp_path: Path, host: tuple[Path, Path, Any]) -> None:
+    from kndkit.dra.types import HealthStatus
+
+    sysfs, dev, _ = host
+    driver = _rdma_driver(tmp_path, sysfs, dev)
+    ib = next(d for d in driver.discover_devices() if d.netdev is None)
+    assert port_states("mlx5_4", sysfs_root=sysfs) == {1: "ACTIVE"}
+    assert driver.health(ib) == (HealthStatus.HEALTHY, "mlx5_4: port 1 ACTIVE")
+    (sysfs / "class" / "infiniband" / "mlx5_4" / "ports" / "1" / "state").write_text("1: DOWN\n")
+    assert driver.health(ib) == (HealthStatus.UNHEALTHY, "mlx5_4: port 1 DOWN")
+    assert port_states("mlx5_99", sysfs_root=sysfs) == {}
 
 
 def test_example_on_the_real_node(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

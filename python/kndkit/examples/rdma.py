@@ -23,10 +23,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from kndkit.config import NetdevConfig, check_device_support
+from kndkit.dra.types import HealthStatus
 from kndkit.driver import NetworkDriver, PlanContext, run
 from kndkit.nri.model import Container, ContainerAdjustment, Pod
 from kndkit.plan import InterfacePlan, RdmaPlan
-from kndkit.rdma import RdmaLinks, RdmaSettings, RdmaStep, adjustment_for
+from kndkit.rdma import RdmaLinks, RdmaSettings, RdmaStep, adjustment_for, port_states
 from kndkit.sources import NodeDevice
 from kndkit.steps import NETDEV_STEPS
 
@@ -60,6 +61,17 @@ class Rdma(NetworkDriver):
             rdma = RdmaPlan(device.rdma.name if device.rdma else device.name)
             return InterfacePlan(device=device.name, kind="rdma", rdma=rdma)  # RdmaStep fills it
         return InterfacePlan.move(device.name, device.ifname)
+
+    def health(self, device: NodeDevice) -> tuple[HealthStatus, str]:
+        """Unhealthy while the netdev is down or no RDMA port is ACTIVE."""
+        status, message = super().health(device)
+        if status is not HealthStatus.HEALTHY or device.rdma is None:
+            return status, message
+        ports = port_states(device.rdma.name, sysfs_root=self.options.sysfs_root)
+        summary = ", ".join(f"port {n} {state}" for n, state in ports.items()) or "no port"
+        if "ACTIVE" not in ports.values():
+            return HealthStatus.UNHEALTHY, f"{device.rdma.name}: {summary}"
+        return HealthStatus.HEALTHY, f"{device.rdma.name}: {summary}"
 
     async def on_create_container(
         self, pod: Pod, container: Container, plans: Sequence[InterfacePlan]
