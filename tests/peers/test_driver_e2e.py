@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from peers.kube_fixtures import Allocator, KubeAPIError, KubeCluster
-from peers.kubelet_fixtures import KubeletHarness, unique_name
-from peers.nri_fixtures import NRIError, NRIRuntime, make_pod
+from kndkit.testing.kube import Allocator, KubeAPIError, KubeCluster
+from kndkit.testing.kubelet import KubeletHarness, unique_name
+from kndkit.testing.nri import NRIError, NRIRuntime, make_pod
 
 DRIVER = "hello.kndkit.dev"
 RESOURCE = "/apis/resource.k8s.io/v1"
@@ -266,7 +266,7 @@ def node(
     kube_apiserver.create_node(node_name)
     ns = unique_name("ns")
     kube_apiserver.ensure_namespace(ns)
-    cls = {
+    cls: dict[str, Any] = {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "DeviceClass",
         "metadata": {"name": unique_name("hello")},
@@ -465,3 +465,139 @@ def test_sigkill_between_run_and_stop(node: Node) -> None:
     node.unprepare(c1)
     node.unprepare(c2)
     assert node.records() == ([], [])
+
+
+# --------------------------------------------------------------------------- side by side
+
+TWO_DRIVERS = """
+from kndkit.driver import NetworkDriver, PlanContext
+from kndkit.plan import InterfacePlan
+from kndkit.sources import Netdevs, NodeDevice
+
+
+class First(NetworkDriver):
+    name = "first.kndkit.test"
+    sources = (Netdevs(name_filter=r".*n0"),)
+
+
+class Second(NetworkDriver):
+    name = "second.kndkit.test"
+    sources = (Netdevs(name_filter=r".*n1"),)
+
+    def plan(self, device: NodeDevice, config: object, ctx: PlanContext) -> InterfacePlan:
+        return InterfacePlan.move(device.name, device.ifname or "", name="net2")
+"""
+
+
+def test_two_drivers_side_by_side_one_pod(node: Node) -> None:
+    spec = node.tmp / "two.py"
+    spec.write_text(TWO_DRIVERS)
+    procs: list[DriverProc] = []
+    classes: list[dict[str, Any]] = []
+    try:
+        for idx, (cls_name, drv) in enumerate(
+            (("First", "first.kndkit.test"), ("Second", "second.kndkit.test"))
+        ):
+            argv = [
+                sys.executable,
+                "-m",
+                "kndkit.cli",
+                "run",
+                f"{spec}:{cls_name}",
+                "--host-netns",
+                node.host_path,
+                "--node-name",
+                node.kubelet.node_name,
+                "--kubeconfig",
+                str(node.api.kubeconfig_admin),
+                "--registry-dir",
+                str(node.kubelet.registry_dir),
+                "--plugin-dir",
+                str(node.kubelet.plugins_dir / drv),
+                "--state-dir",
+                str(node.tmp / drv),
+                "--nri-socket",
+                str(node.runtime.socket),
+                "--nri-index",
+                f"1{idx}",
+                "--metrics-port",
+                "-1",
+            ]
+            p = DriverProc(argv, node.tmp / f"{drv}.log")
+            p.start()
+            procs.append(p)
+            node.kubelet.wait_registered(drv, timeout=60)
+            c: dict[str, Any] = {
+                "apiVersion": "resource.k8s.io/v1",
+                "kind": "DeviceClass",
+                "metadata": {"name": unique_name(cls_name.lower())},
+                "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{drv}"'}}]},
+            }
+            node.api.create(c)
+            classes.append(c)
+        node.runtime.wait_plugins(2, timeout=60)
+
+        # One claim per driver, both for the same pod.
+        pod_uid = str(uuid.uuid4())
+        claims = []
+        for c in classes:
+            obj = {
+                "apiVersion": "resource.k8s.io/v1",
+                "kind": "ResourceClaim",
+                "metadata": {"name": unique_name("claim"), "namespace": node.namespace},
+                "spec": {
+                    "devices": {
+                        "requests": [
+                            {
+                                "name": "nic",
+                                "exactly": {"deviceClassName": c["metadata"]["name"]},
+                            }
+                        ]
+                    }
+                },
+            }
+            created = node.api.create(obj)
+            node.claims.append(created)
+            claims.append(created)
+
+        def published() -> bool:
+            items = node.api.request(
+                "GET",
+                f"{RESOURCE}/resourceslices?fieldSelector=spec.nodeName={node.kubelet.node_name}",
+            )["items"]
+            return {s["spec"]["driver"] for s in items} >= {
+                "first.kndkit.test",
+                "second.kndkit.test",
+            }
+
+        _wait(published, "both drivers' slices")
+        res = node.allocator.allocate(node.kubelet.node_name, claims, pod=("both", pod_uid))
+        assert res.allocated, (res.json, res.stderr)
+        claims = [node.api.get(c) for c in claims]
+        for drv, c in zip(("first.kndkit.test", "second.kndkit.test"), claims, strict=True):
+            out = node.kubelet.prepare(drv, [_ref(c)])
+            assert out["response"]["claims"][c["metadata"]["uid"]]["error"] == ""
+
+        ns = node.pod_netns()
+        pod = make_pod("both", netns=f"/run/netns/{ns}", uid=pod_uid, namespace=node.namespace)
+        node.runtime.run_pod_sandbox(pod)
+        inside = _links(ns)
+        assert "net1" in inside and "net2" in inside, [p.logs() for p in procs]
+        assert not set(node.nics) & set(_links(node.host))
+        node.runtime.stop_pod_sandbox(pod)
+        assert set(node.nics) <= set(_links(node.host))
+        for drv, c in zip(("first.kndkit.test", "second.kndkit.test"), claims, strict=True):
+            out = node.kubelet.unprepare(drv, [_ref(c)])
+            assert out["response"]["claims"][c["metadata"]["uid"]]["error"] == ""
+    finally:
+        for p in procs:
+            p.terminate()
+        for c in classes:
+            with contextlib.suppress(Exception):
+                node.api.delete(c)
+        with contextlib.suppress(Exception):
+            for s in node.api.request(
+                "GET",
+                f"{RESOURCE}/resourceslices?fieldSelector=spec.nodeName={node.kubelet.node_name}",
+            )["items"]:
+                node.api.delete(s)
