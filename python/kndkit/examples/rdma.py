@@ -13,8 +13,8 @@ Run it with ``kndkit run rdma`` or ``python examples/rdma.py``. Per node mode:
 Claim configuration: DraNet's netdev fields (``interface``, ``routes``...; see
 :mod:`kndkit.config`) plus an ``rdma`` section for the character devices'
 owner and mode, e.g. ``{"interface": {"name": "roce0"}, "rdma": {"uid": 1000,
-"gid": 1000, "fileMode": 0o660}}``. Without an owner, a container's nodes get
-the container's own user.
+"gid": 1000, "fileMode": 432}}`` (432 = 0o660; the default mode is 0o666).
+Without an owner, a container's nodes get the container's own user.
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ class Rdma(NetworkDriver):
             request=ctx.allocated.request,
             device=device.name,
         )
-        if device.ifname is None or device.rdma is None:  # InfiniBand only: the RDMA side
+        if device.ifname is None:  # InfiniBand only: the RDMA side alone (RdmaStep fills it)
             rdma = RdmaPlan(device.rdma.name if device.rdma else device.name)
-            return InterfacePlan(device=device.name, kind="rdma", rdma=rdma)  # RdmaStep fills it
+            return InterfacePlan(device=device.name, kind="rdma", rdma=rdma)
         return InterfacePlan.move(device.name, device.ifname)
 
     def health(self, device: NodeDevice) -> tuple[HealthStatus, str]:
