@@ -1205,6 +1205,8 @@ def _find_host_link(p: InterfacePlan, links: Sequence[nl.LinkRecord]) -> nl.Link
     if hs is None:
         return next((lk for lk in links if lk["name"] == p.host_ifname), None)
     macs = _macs(p)
+    if not macs:  # a link without a MAC address: its index is all there is
+        return next((lk for lk in links if lk["ifindex"] == hs.ifindex), None)
     both = [lk for lk in links if lk["ifindex"] == hs.ifindex and (lk["mac"] or "").lower() in macs]
     if both:
         return both[0]
@@ -1393,9 +1395,21 @@ def _compute_detach(
                 p.device,
                 [{"op": "rdma_move", "device": p.rdma.device, "netns": target_ns, "ns": pod_ns}],
             )
+    rdma_on_host: set[str] | None = None
     # 2. links
     for p in plans:
-        if p.kind == "rdma":
+        if p.kind == "rdma":  # IB-only: restored once its RDMA link is (or stays) on the host
+            rd = cast(RdmaPlan, p.rdma)
+            if rd.exclusive and rd.device not in rdma_in_pod:
+                if rdma_on_host is None:
+                    rdma_on_host = (
+                        {d["name"] for d in _native.rdma_links(host_ns)}
+                        if _native.rdma_available()
+                        else set()
+                    )
+                if rd.device not in rdma_on_host:
+                    res.missing.append(p.device)
+                    continue
             res.restored.append(p.device)
             continue
         if p.kind in ("macvlan", "ipvlan"):

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from kndkit import _native
 from kndkit import netlink as nl
 from kndkit import plan as kp
 from kndkit._native import NetNs
-from kndkit.errors import InvalidArgument, NetlinkError
+from kndkit.errors import InvalidArgument, NetlinkError, NotAvailable
 from kndkit.plan import InterfacePlan, Neighbor, Route, Rule
 
 pytestmark = pytest.mark.netns
@@ -332,9 +333,13 @@ def test_macvlan_created_in_pod_and_deleted_on_detach(env: Env) -> None:
     wait_stable(env.host)
     before = full_dump(env.host)
     plans = [
-        InterfacePlan.macvlan("mv0", parent, name="net1", mtu=1350, mac="02:00:00:00:0a:01",
-                              addresses=("10.7.0.2/24",), routes=(Route("default", gateway="10.7.0.1"),)),
-        InterfacePlan.macvlan("mv1", parent, name="net2", mode="private", addresses=("10.8.0.2/24",)),
+        InterfacePlan.macvlan(
+            "mv0", parent, name="net1", mtu=1350, mac="02:00:00:00:0a:01",
+            addresses=("10.7.0.2/24",), routes=(Route("default", gateway="10.7.0.1"),),
+        ),
+        InterfacePlan.macvlan(
+            "mv1", parent, name="net2", mode="private", addresses=("10.8.0.2/24",)
+        ),
     ]  # fmt: skip
     res = kp.attach(plans, env.pod, host_ns=env.host)
     assert set(res.pod_links) == {"mv0", "mv1"}
@@ -374,11 +379,11 @@ def test_move_without_snapshot_gives_back_the_name(env: Env) -> None:
     assert out.restored == ["d"] and nic in names(env.host).values()
 
 
-# ----------------------------------------------------------------------------- ops from the native core
+# ----------------------------------------------------------------------------- newer native ops
 
 
 def _needs(op: str, key: str = "") -> None:
-    if not kp._native_has(op, key):  # noqa: SLF001 - the capability probe under test
+    if not kp._native_has(op, key):
         pytest.skip(f"this kndkit._native lacks {op} {key}".strip())
 
 
@@ -410,8 +415,111 @@ def test_sysctls_set_in_pod_and_restored_on_host(env: Env) -> None:
     assert dict(plan.host.sysctls) == {f"net/ipv4/conf/{nic}/arp_ignore": "2"}
     kp.attach([plan], env.pod, host_ns=env.host)
     pod_name = next(iter(env.pods))
-    got = subprocess.run(["ip", "netns", "exec", pod_name, "sysctl", "-n",
-                          "net.ipv4.conf.net1.arp_ignore"], capture_output=True, text=True)  # fmt: skip
+    got = subprocess.run(
+        ["ip", "netns", "exec", pod_name, "sysctl", "-n", "net.ipv4.conf.net1.arp_ignore"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
     assert got.stdout.strip() == "1"
     kp.detach([plan], env.pod, host_ns=env.host)
     assert kp.HostState.capture(nic, env.host, sysctls=plan.host.sysctls) == plan.host
+
+
+def test_ethtool_features_set_in_pod_and_restored_on_host(env: Env) -> None:
+    _needs("ethtool")
+    nic = env.add_nic(0, rich=True)
+    wait_stable(env.host)
+    before = full_dump(env.host)
+    feats_before = nl.dump_ethtool(nic, env.host)["features"]
+    assert feats_before["tx-checksum-ip-generic"] and not feats_before["rx-gro"]
+    want = {"tx-checksum-ip-generic": False, "rx-gro": True}
+    plan = InterfacePlan.move("d", nic, name="net1", ethtool_features=want).capture_host(env.host)
+    assert plan.host is not None
+    assert dict(plan.host.ethtool_features) == {"tx-checksum-ip-generic": True, "rx-gro": False}
+    kp.attach([plan], env.pod, host_ns=env.host)
+    got = nl.dump_ethtool("net1", env.pod)["features"]
+    assert {k: got[k] for k in want} == want
+    out = kp.detach([plan], env.pod, host_ns=env.host)
+    assert out.restored == ["d"] and out.errors == []
+    assert nl.dump_ethtool(nic, env.host)["features"] == feats_before
+    assert_restored(env.host, before)
+    assert kp.detach_steps([plan], env.pod, host_ns=env.host) == []
+
+
+def test_ipv4_gso_gro_sizes_set_and_restored(env: Env) -> None:
+    _needs("link_set", "gso_ipv4_max_size")
+    nic = env.add_nic(0)
+    plan = InterfacePlan.move(
+        "d", nic, name="net1", gso_max_size=32768, gso_ipv4_max_size=32768, gro_ipv4_max_size=32768
+    ).capture_host(env.host)
+    assert plan.host is not None and plan.host.gso_ipv4_max_size == 65536
+    kp.attach([plan], env.pod, host_ns=env.host)
+    lk = next(lk for lk in nl.dump_links(env.pod) if lk["name"] == "net1")
+    raw: dict[str, Any] = dict(lk)
+    assert (raw["gso_max_size"], raw["gso_ipv4_max_size"], raw["gro_ipv4_max_size"]) == (
+        32768, 32768, 32768,
+    )  # fmt: skip
+    kp.detach([plan], env.pod, host_ns=env.host)
+    assert kp.HostState.capture(nic, env.host) == plan.host
+
+
+def test_vrf(env: Env) -> None:
+    _needs("vrf_add")
+    nics = [env.add_nic(i, rich=True) for i in range(2)]
+    wait_stable(env.host)
+    host_before, pod_before = full_dump(env.host), full_dump(env.pod)
+    plans = [
+        InterfacePlan.move(
+            f"d{i}", nic, name=f"net{i}", addresses=(f"10.{i}.0.2/24",), vrf=kp.Vrf("blue", 10),
+            routes=(Route("10.99.0.0/16", gateway=f"10.{i}.0.1", table=10 + i),),
+        )
+        for i, nic in enumerate(nics)
+    ]  # fmt: skip
+    try:
+        kp.attach(plans, env.pod, host_ns=env.host)
+    except NetlinkError as e:
+        # a kernel without VRF: refused cleanly, nothing left anywhere
+        assert e.errno_name == "EOPNOTSUPP" and e.rolled_back
+        assert getattr(e, "device", None) == "d0"
+        assert_restored(env.host, host_before)
+        assert_same(full_dump(env.pod), pod_before)
+        pytest.skip(f"kernel lacks vrf ({e}); the refusal rolled back cleanly")
+    links = {lk["name"]: lk for lk in nl.dump_links(env.pod)}
+    assert links["blue"]["kind"] == "vrf"
+    assert links["net0"]["master"] == links["net1"]["master"] == links["blue"]["ifindex"]
+    kp.detach(plans, env.pod, host_ns=env.host)
+    assert_restored(env.host, host_before)
+
+
+def test_disable_ebpf_removes_tc_programs_in_pod(env: Env) -> None:
+    _needs("ebpf_detach")
+    nic = env.add_nic(0)
+    env.hip("link", "set", nic, "up")
+    subprocess.run(
+        ["ip", "netns", "exec", env.host_name, "tc", "qdisc", "add", "dev", nic, "clsact"],
+        check=True,
+    )
+    plan = InterfacePlan.move("d", nic, name="net1", disable_ebpf=True).capture_host(env.host)
+    kp.attach([plan], env.pod, host_ns=env.host)
+    pod_name = next(iter(env.pods))
+    shown = subprocess.run(["ip", "netns", "exec", pod_name, "tc", "qdisc", "show", "dev", "net1"],
+                           check=True, capture_output=True, text=True).stdout  # fmt: skip
+    assert "clsact" not in shown
+    assert not nl.dump_tc("net1", env.pod)["ebpf"]
+    assert kp.detach([plan], env.pod, host_ns=env.host).restored == ["d"]
+
+
+def test_exclusive_rdma_without_rdma_is_refused_before_anything(env: Env) -> None:
+    _needs("rdma_move")
+    if _native.rdma_available():
+        pytest.skip("this node has RDMA: the refusal path cannot be shown")
+    nic = env.add_nic(0, rich=True)
+    before = full_dump(env.host)
+    plan = InterfacePlan.move("d", nic, rdma=kp.RdmaPlan("mlx5_0", exclusive=True))
+    with pytest.raises(NotAvailable, match="mlx5_0"):
+        kp.attach([plan.capture_host(env.host)], env.pod, host_ns=env.host)
+    assert_same(full_dump(env.host), before)
+    assert [lk["name"] for lk in nl.dump_links(env.pod)] == ["lo"]
+    ib = InterfacePlan("ib", kind="rdma", rdma=kp.RdmaPlan("mlx5_1", exclusive=True))
+    assert kp.detach([ib], env.pod, host_ns=env.host).missing == ["ib"]
+    shared = InterfacePlan("ib", kind="rdma", rdma=kp.RdmaPlan("mlx5_1"))
+    assert kp.detach([shared], env.pod, host_ns=env.host).restored == ["ib"]
