@@ -1141,7 +1141,8 @@ class DetachResult:
     ``deleted`` (sub-interfaces removed), ``missing`` (not found anywhere).
     Extensions: ``conflicts`` (restored under a temporary name because another
     link took the original one: ``"dev: restored as knd7 (eth3 is taken)"``) and
-    ``errors`` (what the kernel refused during the restore, one line each)."""
+    ``errors`` (what the kernel refused during the restore, one line each, naming
+    the device; such a device is in neither ``restored`` nor ``deleted``)."""
 
     restored: list[str]
     deleted: list[str]
@@ -1494,13 +1495,17 @@ def detach(
             first = _with_device(e, dp.owners, "detach")
             log.warning("%s; restoring step by step", first)
             dp = _compute_detach(plans, pod_ns, host_ns)
+            failed: set[str] = set()
             for step, owner in zip(dp.steps, dp.owners, strict=True):
                 try:
                     nl.apply([step], rollback=False)
                 except (NetlinkError, NamespaceError, InvalidArgument) as e2:
-                    msg = f"device {owner!r}: {step['op']}: {e2}"
+                    msg = f"device {owner!r}: {e2}"
                     log.error("detach: %s", msg)
                     dp.result.errors.append(msg)
+                    failed.add(owner)
+            for lst in (dp.result.restored, dp.result.deleted):
+                lst[:] = [d for d in lst if d not in failed]
     res = dp.result
     res.duration_s = time.monotonic() - t0
     log.info(

@@ -4,6 +4,7 @@ byte for byte (HostState and full dumps compared before/after)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -523,3 +524,23 @@ def test_exclusive_rdma_without_rdma_is_refused_before_anything(env: Env) -> Non
     assert kp.detach([ib], env.pod, host_ns=env.host).missing == ["ib"]
     shared = InterfacePlan("ib", kind="rdma", rdma=kp.RdmaPlan("mlx5_1"))
     assert kp.detach([shared], env.pod, host_ns=env.host).restored == ["ib"]
+
+
+def test_detach_goes_on_past_a_refused_step(env: Env) -> None:
+    """One record the kernel refuses (its gateway is unreachable now) is reported
+    in ``errors``; everything else of that link and of the others is restored."""
+    nics = [env.add_nic(i, rich=True) for i in range(2)]
+    wait_stable(env.host)
+    before = full_dump(env.host)
+    plans = [pod_plan(i, nic, env) for i, nic in enumerate(nics)]
+    hs = plans[0].host
+    assert hs is not None
+    bad_route = Route("10.98.0.0/16", gateway="10.250.0.1")
+    plans[0] = plans[0].with_(host=dataclasses.replace(hs, routes=(*hs.routes, bad_route)))
+    kp.attach(plans, env.pod, host_ns=env.host)
+    out = kp.detach(plans, env.pod, host_ns=env.host)
+    assert out.restored == ["dev1"]
+    assert len(out.errors) == 1 and out.errors[0].startswith("device 'dev0': ")
+    assert "ENETUNREACH" in out.errors[0]
+    assert_restored(env.host, before)
+    assert kp.HostState.capture(nics[0], env.host) == hs
