@@ -60,21 +60,35 @@ class Env:
         return plan.capture_host(self.host)
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything an attach could change, on both sides."""
+        """Everything an attach could change, on both sides. IPv6 link-local and
+        multicast entries are left out: the kernel makes them itself, some time
+        after a link comes up."""
+
+        def kernel_made(prefix: str | None) -> bool:
+            return bool(prefix) and str(prefix).lower().startswith(("fe80:", "ff"))
 
         def links(ns: NetNs) -> list[tuple[Any, ...]]:
             return sorted(
                 (x["ifindex"], x["name"], x["mtu"], x["mac"], x["up"]) for x in nl.dump_links(ns)
             )
 
+        def addrs(ns: NetNs) -> list[tuple[Any, ...]]:
+            return sorted(
+                (a["ifindex"], a["cidr"])
+                for a in nl.dump_addresses(ns)
+                if not kernel_made(a["cidr"])
+            )
+
         return {
             "host_links": links(self.host),
-            "host_addrs": sorted((a["ifindex"], a["cidr"]) for a in nl.dump_addresses(self.host)),
+            "host_addrs": addrs(self.host),
             "host_routes": sorted(
-                (r["dst"], r["oif"], r["gateway"], r["table"]) for r in nl.dump_routes(self.host)
+                (r["dst"], r["oif"], r["gateway"], r["table"])
+                for r in nl.dump_routes(self.host)
+                if not kernel_made(r["dst"])
             ),
             "pod_links": links(self.pod),
-            "pod_addrs": sorted((a["ifindex"], a["cidr"]) for a in nl.dump_addresses(self.pod)),
+            "pod_addrs": addrs(self.pod),
         }
 
     def close(self) -> None:
