@@ -126,7 +126,19 @@ def snapshot(ns: NetNs) -> dict[str, Any]:
     links = nl.dump_links(ns)
     name = {lk["ifindex"]: lk["name"] for lk in links}
     return {
-        "links": sorted((lk["name"], lk["mtu"], lk["mac"], lk["up"], lk["alias"]) for lk in links),
+        "links": sorted(
+            (
+                lk["name"],
+                lk["mtu"],
+                lk["mac"],
+                lk["up"],
+                lk["alias"],
+                lk["master"],
+                lk["gso_max_size"],
+                lk["gro_max_size"],
+            )
+            for lk in links
+        ),
         "addresses": sorted(
             (name[a["ifindex"]], a["cidr"]) for a in nl.dump_addresses(ns) if a["scope"] != 253
         ),
@@ -340,6 +352,116 @@ async def test_arp_sysctls_and_ethtool(env: Env) -> None:
             await asyncio.to_thread(kplan.detach, plans, env.pod, host_ns=env.host)
         assert snapshot(env.host) == before
         assert nl.dump_ethtool("nic0", ns=env.host)["features"] == host_feats
+    finally:
+        if drv.host_ns is not None:
+            drv.host_ns.close()
+
+
+needs_ops = pytest.mark.skipif(
+    not all(kplan._native_has(op, "") for op in ("sysctl", "ethtool", "ebpf_detach", "vrf_add")),
+    reason="this build of kndkit._native lacks the sysctl/ethtool/ebpf_detach/vrf_add ops",
+)
+
+
+@needs_ops
+async def test_ebpf_removal_and_offload_sizes(env: Env) -> None:
+    h = env.names["host"]
+    _ip("-n", h, "link", "set", "nic0", "gso_max_size", "60000", "gro_max_size", "60000")
+    subprocess.run(["tc", "-n", h, "qdisc", "add", "dev", "nic0", "clsact"], check=True)
+    subprocess.run(
+        [
+            "tc",
+            "-n",
+            h,
+            "filter",
+            "add",
+            "dev",
+            "nic0",
+            "ingress",
+            "protocol",
+            "all",
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
+            "classid",
+            "1:1",
+        ],
+        check=True,
+    )
+    drv = env.driver(filter="true")
+    before = snapshot(env.host)
+    try:
+        await drv.rescan()
+        attrs = drv.devices["nic0"].device.attributes
+        assert attrs["tcFilterNames"] == "u32" and attrs["ebpf"] is False
+        prepared = await drv.prepare_claim(
+            claim_for(
+                "nic0",
+                {
+                    "interface": {
+                        "disableEbpfPrograms": True,
+                        "gsoMaxSize": 32768,
+                        "groMaxSize": 32768,
+                    },
+                },
+            )
+        )
+        plans = [InterfacePlan.from_json(p) for p in prepared.plans]
+        assert plans[0].disable_ebpf and plans[0].gso_max_size == 32768
+        await asyncio.to_thread(kplan.attach, plans, env.pod, host_ns=env.host)
+        try:
+            pod = next(lk for lk in nl.dump_links(env.pod) if lk["name"] == "nic0")
+            assert (pod["gso_max_size"], pod["gro_max_size"]) == (32768, 32768)
+            assert nl.dump_tc("nic0", ns=env.pod)["filters"] == []
+        finally:
+            await asyncio.to_thread(kplan.detach, plans, env.pod, host_ns=env.host)
+        # sizes restored; the removed filters stay removed (as in DraNet)
+        assert snapshot(env.host) == before
+        assert nl.dump_tc("nic0", ns=env.host)["filters"] == []
+    finally:
+        if drv.host_ns is not None:
+            drv.host_ns.close()
+
+
+@needs_ops
+async def test_vrf_all_or_nothing(env: Env) -> None:
+    drv = env.driver(filter="true")
+    before = snapshot(env.host)
+    try:
+        await drv.rescan()
+        prepared = await drv.prepare_claim(
+            claim_for(
+                "nic0",
+                {
+                    "interface": {"name": "net1", "vrf": {"name": "blue", "table": 42}},
+                },
+            )
+        )
+        plans = [InterfacePlan.from_json(p) for p in prepared.plans]
+        (p,) = plans
+        assert p.vrf is not None and (p.vrf.name, p.vrf.table) == ("blue", 42)
+        assert p.rules == () and {r.table for r in p.routes} == {42}
+        try:
+            await asyncio.to_thread(kplan.attach, plans, env.pod, host_ns=env.host)
+        except Exception as e:
+            # no vrf in this kernel: the whole attach is undone
+            assert "vrf" in str(e).lower() or "device type" in str(e).lower(), e
+            assert snapshot(env.host) == before
+            assert [lk["name"] for lk in nl.dump_links(env.pod)] == ["lo"]
+            return
+        try:
+            links = {lk["ifindex"]: lk for lk in nl.dump_links(env.pod)}
+            net1 = next(lk for lk in links.values() if lk["name"] == "net1")
+            assert net1["master"] is not None and links[net1["master"]]["name"] == "blue"
+            assert {r["dst"] for r in nl.dump_routes(env.pod, table=42)} >= {
+                "10.77.0.0/16",
+                "10.78.0.0/16",
+            }
+        finally:
+            await asyncio.to_thread(kplan.detach, plans, env.pod, host_ns=env.host)
+        assert snapshot(env.host) == before
     finally:
         if drv.host_ns is not None:
             drv.host_ns.close()

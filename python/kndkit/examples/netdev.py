@@ -115,9 +115,9 @@ class DranetNetdevs(Netdevs):
             else:
                 extra["ebpf"] = bool(tc["ebpf"])
                 if tc["filters"]:
-                    extra["tcFilterNames"] = _join(tc["filters"])
+                    extra["tcFilterNames"] = _join(list(dict.fromkeys(tc["filters"])))
                 if tc["tcx"]:
-                    extra["tcxProgramNames"] = _join(tc["tcx"])
+                    extra["tcxProgramNames"] = _join(list(dict.fromkeys(tc["tcx"])))
             attrs = dict(item.device.attributes)
             for key, value in extra.items():
                 if len(attrs) + len(item.device.capacity) >= MAX_ATTRIBUTES_PER_DEVICE:
