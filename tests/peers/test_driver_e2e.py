@@ -110,6 +110,8 @@ class Node:
     namespace: str
     device_class: str
     driver: DriverProc | None = None
+    name: str = DRIVER
+    spec: str = "hello"
     pods: list[str] = field(default_factory=list)
     claims: list[dict[str, Any]] = field(default_factory=list)
 
@@ -126,7 +128,7 @@ class Node:
                 "--log-level",
                 "debug",
                 "run",
-                "hello",
+                self.spec,
                 "--host-netns",
                 self.host_path,
                 "--node-name",
@@ -136,7 +138,7 @@ class Node:
                 "--registry-dir",
                 str(self.kubelet.registry_dir),
                 "--plugin-dir",
-                str(self.kubelet.plugins_dir / DRIVER),
+                str(self.kubelet.plugins_dir / self.name),
                 "--state-dir",
                 str(self.tmp / "state"),
                 "--nri-socket",
@@ -149,7 +151,7 @@ class Node:
             self.driver = DriverProc(argv, self.tmp / "driver.log")
         self.driver.start()
         try:
-            self.kubelet.wait_registered(DRIVER, timeout=60)
+            self.kubelet.wait_registered(self.name, timeout=60)
             self.runtime.wait_plugins(1, timeout=60)
         except Exception:
             raise AssertionError(f"driver did not come up:\n{self.driver.logs()}") from None
@@ -158,7 +160,7 @@ class Node:
     def slices(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.api.request(
             "GET",
-            f"{RESOURCE}/resourceslices?fieldSelector=spec.driver={DRIVER},"
+            f"{RESOURCE}/resourceslices?fieldSelector=spec.driver={self.name},"
             f"spec.nodeName={self.kubelet.node_name}",
         )["items"]
         return items
@@ -180,7 +182,7 @@ class Node:
         }
         if config is not None:
             spec["devices"]["config"] = [
-                {"requests": ["nic"], "opaque": {"driver": DRIVER, "parameters": config}}
+                {"requests": ["nic"], "opaque": {"driver": self.name, "parameters": config}}
             ]
         obj = {
             "apiVersion": "resource.k8s.io/v1",
@@ -204,12 +206,12 @@ class Node:
         return name
 
     def prepare(self, claim: dict[str, Any]) -> None:
-        out = self.kubelet.prepare(DRIVER, [_ref(claim)])
+        out = self.kubelet.prepare(self.name, [_ref(claim)])
         result = out["response"]["claims"][claim["metadata"]["uid"]]
         assert result["error"] == "", result
 
     def unprepare(self, claim: dict[str, Any]) -> None:
-        out = self.kubelet.unprepare(DRIVER, [_ref(claim)])
+        out = self.kubelet.unprepare(self.name, [_ref(claim)])
         assert out["response"]["claims"][claim["metadata"]["uid"]]["error"] == ""
 
     def records(self) -> tuple[list[Any], list[Any]]:
@@ -601,3 +603,57 @@ def test_two_drivers_side_by_side_one_pod(node: Node) -> None:
                 f"{RESOURCE}/resourceslices?fieldSelector=spec.nodeName={node.kubelet.node_name}",
             )["items"]:
                 node.api.delete(s)
+
+
+# --------------------------------------------------------------------------- NRI deadline
+
+SLOW_DRIVER = """
+import time
+
+from kndkit.examples.hello import Hello
+
+
+class Slow(Hello):
+    name = "slow.kndkit.test"
+
+    def _attach_blocking(self, plans, netns):
+        time.sleep(1.5)  # past the runtime's 1 s request timeout
+        return super()._attach_blocking(plans, netns)
+"""
+
+
+def test_attach_finished_after_the_deadline_is_undone(
+    node: Node, nri_runtime_factory: Callable[..., NRIRuntime]
+) -> None:
+    node.runtime = nri_runtime_factory(request_timeout=1.0)
+    spec = node.tmp / "slow.py"
+    spec.write_text(SLOW_DRIVER)
+    node.name, node.spec = "slow.kndkit.test", f"{spec}:Slow"
+    cls: dict[str, Any] = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "DeviceClass",
+        "metadata": {"name": unique_name("slow")},
+        "spec": {"selectors": [{"cel": {"expression": 'device.driver == "slow.kndkit.test"'}}]},
+    }
+    node.api.create(cls)
+    try:
+        driver = node.start_driver()
+        node.device_class = cls["metadata"]["name"]
+        _wait(lambda: len(node.published()) == 2, "NICs published")
+        claim, pod_uid = node.claim()
+        node.prepare(claim)
+        ns = node.pod_netns()
+        pod = make_pod("slow", netns=f"/run/netns/{ns}", uid=pod_uid, namespace=node.namespace)
+        with pytest.raises(NRIError, match="did not finish"):
+            node.runtime.run_pod_sandbox(pod)
+        # The attach finishes late; the driver gives the NIC back by itself.
+        _wait(lambda: node.records()[1] == [], "late attach undone", timeout=20)
+        assert _device(claim) in _links(node.host), driver.logs()
+        assert "net1" not in _links(ns)
+        assert "after the runtime gave up" in driver.logs()
+        # The plugin is still connected: the next attempt works (and is late again).
+        assert node.runtime.wait_plugins(1, timeout=10)
+        node.unprepare(claim)
+    finally:
+        with contextlib.suppress(Exception):
+            node.api.delete(cls)
