@@ -465,3 +465,92 @@ async def test_vrf_all_or_nothing(env: Env) -> None:
     finally:
         if drv.host_ns is not None:
             drv.host_ns.close()
+
+
+# --------------------------------------------------------------------------- end to end
+
+from kndkit.testing.pytest_plugin import kndkit_cluster, sim_node  # noqa: E402, F401
+
+
+def test_netdev_driver_end_to_end(sim_node: Any) -> None:  # noqa: F811
+    """``kndkit run netdev`` on a simulated node (real apiserver, allocator, kubelet
+    and NRI harnesses): DeviceClass configuration laid under the claim's, the NIC
+    moved and configured in the pod, networkData on the claim, and after the pod
+    is deleted the host exactly as before."""
+    import time
+
+    from kndkit.testing.node import NAMESPACE
+
+    sim_node.add_nic(
+        "nic9", addresses=["192.168.99.2/24"], mtu=1500, routes=["10.99.0.0/16 via 192.168.99.1"]
+    )
+    before = sim_node.snapshot()
+    drv = sim_node.start_driver("netdev", params={"filter": "true"})
+    assert drv.name == "netdev.kndkit.dev"
+    sim_node.wait_devices(drv.name, at_least=3)
+    assert {"eth1", "eth2", "nic9"} <= set(sim_node.published_devices(drv.name))
+    cls_name = f"knd-netdev-cfg-{os.getpid()}"
+    device_class = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "DeviceClass",
+        "metadata": {"name": cls_name},
+        "spec": {
+            "selectors": [{"cel": {"expression": f'device.driver == "{drv.name}"'}}],
+            "config": [{"opaque": {"driver": drv.name, "parameters": {
+                "interface": {"mtu": 1300, "name": "classname"},
+                "neighbors": [{"destination": "192.168.99.1", "hardwareAddr": "02:00:00:99:00:01"}],
+            }}}],
+        },
+    }  # fmt: skip
+    claim = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": "nd-e2e", "namespace": NAMESPACE},
+        "spec": {"devices": {
+            "requests": [{"name": "nic", "exactly": {
+                "deviceClassName": cls_name, "allocationMode": "ExactCount", "count": 1,
+                "selectors": [{"cel": {"expression":
+                    f'device.attributes["{drv.name}"].ifName == "nic9"'}}],
+            }}],
+            "config": [{"requests": ["nic"], "opaque": {"driver": drv.name, "parameters": {
+                "interface": {"name": "net9"},
+                "routes": [{"destination": "10.98.0.0/16", "gateway": "192.168.99.1"}],
+            }}}],
+        }},
+    }  # fmt: skip
+    sim_node.api.ensure_namespace(NAMESPACE)
+    sim_node.api.apply(device_class)
+    try:
+        sim_node.api.create(claim)
+        pod = sim_node.new_pod("nd1", claims=["nd-e2e"])
+        sim_node.start_pod(pod)
+        (lk,) = [x for x in sim_node.pod_links(pod) if x["name"] == "net9"]
+        assert lk["mtu"] == 1300  # from the class
+        pod_ns = NetNs.open(str(pod.netns))
+        try:
+            addrs = {a["cidr"] for a in nl.dump_addresses(pod_ns) if a["ifindex"] == lk["ifindex"]}
+            assert "192.168.99.2/24" in addrs  # the host's address came along
+            routes = {(r["dst"], r["gateway"]) for r in nl.dump_routes(pod_ns)}
+            assert {("10.99.0.0/16", "192.168.99.1"), ("10.98.0.0/16", "192.168.99.1")} <= routes
+            neigh = {(n["address"], n["lladdr"]) for n in nl.dump_neighbours(pod_ns)}
+            assert ("192.168.99.1", "02:00:00:99:00:01") in neigh
+        finally:
+            pod_ns.close()
+        # networkData is written asynchronously
+        deadline = time.monotonic() + 30
+        data: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            got = sim_node.api.get(claim)
+            devs = (got.get("status") or {}).get("devices") or []
+            data = next((d.get("networkData") or {} for d in devs if d["device"] == "nic9"), {})
+            if data:
+                break
+            time.sleep(0.2)
+        assert data.get("interfaceName") == "net9", data
+        assert "192.168.99.2/24" in data.get("ips", [])
+        sim_node.delete_pod(pod)
+        assert sim_node.snapshot() == before
+        assert "Traceback" not in drv.logs()
+    finally:
+        sim_node.api.delete(claim)
+        sim_node.api.delete(device_class)
