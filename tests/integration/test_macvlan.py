@@ -294,7 +294,10 @@ async def test_three_pods_get_macvlans_inside_with_distinct_addresses(
     for p, c in zip(plans, claims, strict=True):
         assert p.kind == "macvlan" and p.host_ifname == "par0" and p.mode == "bridge"
         assert p.name == "net1"
-        assert [(r.destination, r.gateway) for r in p.routes] == [("0.0.0.0/0", "10.77.0.1")]
+        slot = int(p.device.rsplit("-", 1)[1])
+        assert [(r.destination, r.gateway, r.metric) for r in p.routes] == [
+            ("0.0.0.0/0", "10.77.0.1", 100 + slot)
+        ]
         assert p.extra["ipam"]["owner"] == f"{c.uid}/{p.device}"
     leases = {lease.owner: lease.addresses[0] for lease in driver.ipam.leases()}  # type: ignore[union-attr]
     assert sorted(leases.values()) == sorted(addrs)
@@ -342,11 +345,11 @@ async def test_dual_stack_and_extra_routes(node: Node) -> None:
         await d.rescan()
         p = (await prepare(d, claim(0, "par0-slot-0")))[0]
         assert p.addresses == ("10.77.0.2/24", "fd77::2/64")
-        assert [(r.destination, r.gateway) for r in p.routes] == [
-            ("0.0.0.0/0", "10.77.0.1"),
-            ("10.90.0.0/16", "10.77.0.1"),
-            ("::/0", "fd77::1"),
-            ("fd90::/48", "fd77::1"),
+        assert [(r.destination, r.gateway, r.metric) for r in p.routes] == [
+            ("0.0.0.0/0", "10.77.0.1", 100),
+            ("10.90.0.0/16", "10.77.0.1", 100),
+            ("::/0", "fd77::1", 100),
+            ("fd90::/48", "fd77::1", 100),
         ]
         assert await d.attach_pod(node.pod(0))
         with NetNs.open(f"/run/netns/{node.pods[0]}") as ns:
@@ -486,6 +489,36 @@ async def test_config_overrides_and_validation(node: Node, driver: Macvlan) -> N
     assert driver.ipam.leases() == []  # type: ignore[union-attr]
 
 
+async def test_claim_with_two_slots_gives_net1_and_net2(node: Node, driver: Macvlan) -> None:
+    c = Claim(
+        namespace="default",
+        name="claim-two",
+        uid="claim-uid-two",
+        pods=(PodRef("default", "pod0", "pod-uid-0"),),
+        devices=tuple(
+            AllocatedDevice(request="nic", pool=NODE, device=f"par0-slot-{i}") for i in (3, 1)
+        ),
+        resource_version="1",
+    )
+    plans = await prepare(driver, c)
+    assert [(p.device, p.name) for p in plans] == [("par0-slot-3", "net1"), ("par0-slot-1", "net2")]
+    assert await driver.attach_pod(node.pod(0))
+    view = pod_view(node, 0)
+    assert {"net1", "net2"} <= set(view["links"])
+    assert sorted(view["addrs"]) == sorted(a for p in plans for a in p.addresses)
+    with NetNs.open(f"/run/netns/{node.pods[0]}") as ns:
+        defaults = sorted(
+            (r["metric"], r["gateway"])
+            for r in nl.dump_routes(ns)
+            if r["dst"] in ("0.0.0.0/0", "default") and r["family"] == "inet"
+        )
+    assert defaults == [(101, "10.77.0.1"), (103, "10.77.0.1")]
+    assert await driver.detach_pod("pod-uid-0")
+    assert set(pod_view(node, 0)["links"]) == {"lo"}
+    await unprepare(driver, c)
+    assert driver.ipam is not None and driver.ipam.leases() == []
+
+
 async def test_claim_for_two_pods_is_refused(driver: Macvlan) -> None:
     with pytest.raises(ConfigError, match="reserved for 2 pods"):
         await driver.prepare_claim(claim(0, "par0-slot-0", pods=2))
@@ -498,6 +531,8 @@ def test_settings_are_checked(node: Node) -> None:
         ({"mode": "bogus"}, "mode"),
         ({"slots": "many"}, "slots"),
         ({"slots": "0"}, "slots"),
+        ({"metric": "-1"}, "metric"),
+        ({"metric": True}, "metric"),
         ({"ranges": "10.77.0.0/33"}, "10.77.0.0/33"),
         ({"gateway": "10.99.0.1"}, "gateway"),
         ({"ranges": None, "gateway": "10.77.0.1"}, "gateway"),

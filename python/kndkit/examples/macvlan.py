@@ -19,6 +19,9 @@ Settings (``kndkit run macvlan --set key=value`` or ``--config FILE``):
 ``gateway`` gateway address, one per family, comma-separated
 ``routes``  destinations routed through the gateway (default ``default``
             when a gateway is set; ``none`` for no route)
+``metric``  route metric base (default 100): slot ``i`` routes with metric
+            ``metric + i``, so the pod's own default route (CNI, metric 0)
+            stays first and two slots in one pod do not clash
 ``exclude`` addresses or CIDRs never handed out, comma-separated
 ``slots``   how many devices to publish (default 32)
 ==========  ===============================================================
@@ -92,6 +95,21 @@ def _as_list(key: str, value: Any) -> list[str]:
     )
 
 
+def _int_setting(key: str, value: Any, lo: int, hi: int) -> int:
+    """An integer setting (an int, or a string of one) within ``lo..hi``."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        n = int(value)
+        if str(n) != str(value).strip():
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"macvlan setting {key}: {value!r} is not an integer") from None
+    if not lo <= n <= hi:
+        raise InvalidArgument(f"macvlan setting {key}: {n} is not in {lo}..{hi}")
+    return n
+
+
 @dataclass(frozen=True)
 class MacvlanSettings:
     """The driver's settings, parsed from ``DriverOptions.params``."""
@@ -103,6 +121,7 @@ class MacvlanSettings:
     routes: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     slots: int = 32
+    metric: int = 100
 
     @property
     def kind(self) -> str:
@@ -117,7 +136,10 @@ class MacvlanSettings:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> MacvlanSettings:
         """Parse and check ``params``; :class:`InvalidArgument` names the bad setting."""
-        known = {"parent", "mode", "ranges", "range", "gateway", "routes", "exclude", "slots"}
+        known = {
+            *("parent", "mode", "ranges", "range", "gateway", "routes", "exclude", "slots"),
+            "metric",
+        }
         unknown = sorted(set(params) - known)
         if unknown:
             raise InvalidArgument(
@@ -155,17 +177,8 @@ class MacvlanSettings:
             raise InvalidArgument(
                 "macvlan setting routes: routes go through a gateway; set gateway"
             )
-        slots_raw = params.get("slots", 32)
-        try:
-            slots = int(slots_raw)
-            if isinstance(slots_raw, bool) or str(slots) != str(slots_raw).strip():
-                raise ValueError
-        except (TypeError, ValueError):
-            raise InvalidArgument(
-                f"macvlan setting slots: {slots_raw!r} is not an integer"
-            ) from None
-        if not 1 <= slots <= 4096:
-            raise InvalidArgument(f"macvlan setting slots: {slots} is not in 1..4096")
+        slots = _int_setting("slots", params.get("slots", 32), 1, 4096)
+        metric = _int_setting("metric", params.get("metric", 100), 0, 2**31 - 1 - slots)
         if mode == "passthru" and slots != 1:
             raise InvalidArgument(
                 "macvlan setting mode: passthru allows one sub-interface per parent; set slots=1"
@@ -178,6 +191,7 @@ class MacvlanSettings:
             routes=tuple(routes),
             exclude=tuple(_as_list("exclude", params.get("exclude"))),
             slots=slots,
+            metric=metric,
         )
 
 
@@ -190,7 +204,8 @@ class MacvlanConfig(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     name: str | None = None
-    """The interface name inside the pod (default ``net1``)."""
+    """The interface name inside the pod (default ``net1``, ``net2``... in the
+    order of the claim's devices)."""
     mtu: int | None = None
     """MTU of the sub-interface (68..65535; at most the parent's, the kernel checks)."""
     addresses: list[str] | None = None
@@ -365,9 +380,12 @@ class Macvlan(NetworkDriver):
             addresses = lease.addresses
         else:
             addresses = ()
-        routes = self._routes(addresses)
+        slot = device.device.attributes.get("slot", 0)
+        routes = self._routes(
+            addresses, self.settings.metric + (slot if isinstance(slot, int) else 0)
+        )
         fields: dict[str, Any] = {
-            "name": cfg.name or "net1",
+            "name": cfg.name or self.default_name(ctx),
             "mtu": cfg.mtu,
             "addresses": addresses,
             "routes": routes,
@@ -380,7 +398,19 @@ class Macvlan(NetworkDriver):
             device=device.name, kind="ipvlan", host_ifname=s.parent, mode=s.link_mode, **fields
         )
 
-    def _routes(self, addresses: Sequence[str]) -> tuple[Route, ...]:
+    @staticmethod
+    def default_name(ctx: PlanContext) -> str:
+        """``net1``, ``net2``... by the device's place among the claim's devices.
+
+        A pod with several claims of this driver should name its interfaces in
+        the claims' config (``"name"``): each claim starts at ``net1``, and the
+        attach of the second would fail on the name (and roll back).
+        """
+        devices = list(ctx.claim.devices)
+        index = devices.index(ctx.allocated) if ctx.allocated in devices else 0
+        return f"net{index + 1}"
+
+    def _routes(self, addresses: Sequence[str], metric: int) -> tuple[Route, ...]:
         families = {ipaddress.ip_interface(a).version for a in addresses}
         out = []
         for gw in self.settings.gateways:
@@ -394,7 +424,7 @@ class Macvlan(NetworkDriver):
                     dst = route
                 else:
                     continue
-                out.append(Route(destination=dst, gateway=gw))
+                out.append(Route(destination=dst, gateway=gw, metric=metric))
         return tuple(out)
 
     async def release(self, plans: Sequence[InterfacePlan], record: ClaimRecord) -> None:
