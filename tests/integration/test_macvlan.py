@@ -478,6 +478,7 @@ async def test_config_overrides_and_validation(node: Node, driver: Macvlan) -> N
     bad: list[tuple[dict[str, Any], str]] = [
         ({"mtu": "1400"}, "mtu"),
         ({"mtu": 20}, "mtu"),
+        ({"mtu": 9000}, "above the MTU of the parent par0 (1500)"),
         ({"name": "way-too-long-name0"}, "name"),
         ({"addresses": ["10.0.0.1"]}, "addresses"),
         ({"vlan": 3}, "vlan"),

@@ -372,6 +372,15 @@ class Macvlan(NetworkDriver):
                 claim=f"{claim.namespace}/{claim.name}",
                 device=device.name,
             )
+        parent_mtu = device.netdev.mtu if device.netdev is not None else None
+        if cfg.mtu is not None and parent_mtu is not None and cfg.mtu > parent_mtu:
+            raise ConfigError(
+                f"claim {claim.namespace}/{claim.name}, device {device.name}: mtu {cfg.mtu} is "
+                f"above the MTU of the parent {self.settings.parent} ({parent_mtu})",
+                field="mtu",
+                claim=f"{claim.namespace}/{claim.name}",
+                device=device.name,
+            )
         lease: Lease | None = None
         if cfg.addresses is not None:
             addresses = tuple(cfg.addresses)
