@@ -321,7 +321,14 @@ class Offload(_Step):
 
 class Ethtool(_Step):
     """``ethtool.features`` and ``ethtool.privateFlags`` (kernel names), laid
-    over whatever the plan already asks for."""
+    over whatever the plan already asks for.
+
+    For a moved link the names are checked at prepare against what the host
+    link has (read with :func:`kndkit.netlink.dump_ethtool`): an unknown name,
+    or a fixed feature asked to change, is a
+    :class:`~kndkit.k8s.errors.ConfigError` naming it, rather than a failed pod
+    start. Where the settings cannot be read the check is left to the attach.
+    """
 
     def apply(
         self, plan: InterfacePlan, config: Any, device: NodeDevice, ctx: PlanContext
@@ -329,10 +336,48 @@ class Ethtool(_Step):
         eth = netdev_config(config).ethtool
         if eth is None or not (eth.features or eth.private_flags):
             return plan
+        if plan.kind == "move" and plan.host_ifname:
+            self._check(plan.host_ifname, eth.features, eth.private_flags, device, ctx)
         return plan.with_(
             ethtool_features={**plan.ethtool_features, **eth.features},
             ethtool_private_flags={**plan.ethtool_private_flags, **eth.private_flags},
         )
+
+    @staticmethod
+    def _check(
+        ifname: str,
+        features: Mapping[str, bool],
+        private_flags: Mapping[str, bool],
+        device: NodeDevice,
+        ctx: PlanContext,
+    ) -> None:
+        from kndkit import netlink  # noqa: PLC0415
+
+        try:
+            now = netlink.dump_ethtool(ifname, ns=ctx.host_ns)
+        except Exception as e:  # no ethtool netlink here: the attach will tell
+            log.debug("%s: ethtool settings not readable, names not checked: %s", ifname, e)
+            return
+        fixed = set(now.get("fixed") or ())
+        for what, key, wanted, have in (
+            ("feature", "features", features, now["features"]),
+            ("private flag", "privateFlags", private_flags, now["private_flags"]),
+        ):
+            for name, value in wanted.items():
+                field = f"ethtool.{key}[{name!r}]"
+                if name not in have:
+                    raise ConfigError(
+                        f"device {device.name}: {field}: {ifname} has no ethtool {what} {name!r}",
+                        field=field,
+                        **_who(ctx, device),
+                    )
+                if key == "features" and name in fixed and have[name] != value:
+                    state = "on" if have[name] else "off"
+                    raise ConfigError(
+                        f"device {device.name}: {field}: the feature is fixed {state} on {ifname}",
+                        field=field,
+                        **_who(ctx, device),
+                    )
 
 
 class Vrf(_Step):

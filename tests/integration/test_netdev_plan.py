@@ -426,6 +426,42 @@ async def test_ebpf_removal_and_offload_sizes(env: Env) -> None:
 
 
 @needs_ops
+@pytest.mark.parametrize(
+    ("ethtool", "field", "match"),
+    [
+        (
+            {"features": {"no-such-feature": True}},
+            "ethtool.features['no-such-feature']",
+            "has no ethtool feature",
+        ),
+        ({"features": {"rx-vlan-filter": True}}, "ethtool.features['rx-vlan-filter']", "fixed off"),
+        (
+            {"privateFlags": {"no-such-flag": True}},
+            "ethtool.privateFlags['no-such-flag']",
+            "has no ethtool private flag",
+        ),
+    ],
+)
+async def test_ethtool_names_checked_at_prepare(
+    env: Env, ethtool: dict[str, Any], field: str, match: str
+) -> None:
+    drv = env.driver(filter="true")
+    try:
+        await drv.rescan()
+        with pytest.raises(ConfigError, match=match) as info:
+            await drv.prepare_claim(claim_for("nic0", {"ethtool": ethtool}))
+        assert info.value.field == field
+        assert info.value.claim == "default/c1" and info.value.device == "nic0"
+        # a fixed feature asked to keep its value is fine
+        await drv.prepare_claim(
+            claim_for("nic0", {"ethtool": {"features": {"rx-vlan-filter": False}}})
+        )
+    finally:
+        if drv.host_ns is not None:
+            drv.host_ns.close()
+
+
+@needs_ops
 async def test_vrf_all_or_nothing(env: Env) -> None:
     drv = env.driver(filter="true")
     before = snapshot(env.host)
