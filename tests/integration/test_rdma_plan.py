@@ -191,20 +191,22 @@ from kndkit.testing.pytest_plugin import kndkit_cluster, sim_node  # noqa: E402,
 
 def test_rdma_driver_end_to_end_ib_only(sim_node: Any, tmp_path: Any) -> None:  # noqa: F811
     """``kndkit run rdma`` on a simulated node (real apiserver, allocator, kubelet
-    and NRI harnesses) whose sysfs is a fake tree with one InfiniBand-only
-    adapter: published, allocated, prepared, the pod started, the character
-    devices injected at CreateContainer with the claim's mode and owner, the pod
-    deleted; the host is as before."""
+    and NRI harnesses) whose sysfs is a fake tree with two InfiniBand-only
+    adapters, both claimed by one pod: published, allocated, prepared, the pod
+    started, the character devices of both injected at CreateContainer with the
+    claim's mode and owner (``rdma_cm`` once: the runtime refuses one plugin
+    setting a device path twice), the pod deleted; the host is as before."""
     from kndkit.testing.node import ClaimSpec
     from kndkit.testing.sysfs import build_synthetic
 
     dev = tmp_path / "dev"
     sysfs = build_synthetic(
-        tmp_path / "sys", root_complexes=1, numa_nodes=1, pfs=0, standalone_rdma=1,
+        tmp_path / "sys", root_complexes=1, numa_nodes=1, pfs=0, standalone_rdma=2,
         gpus_per_root_complex=0, virtual_links=False, loopback=False, dev_root=dev,
     )  # fmt: skip
-    for kind, minor in (("umad0", 0), ("issm0", 64)):
-        (sysfs / "class" / "infiniband_mad" / kind / "dev").write_text(f"231:{minor}\n")
+    for n in (0, 1):
+        for kind, minor in ((f"umad{n}", n), (f"issm{n}", 64 + n)):
+            (sysfs / "class" / "infiniband_mad" / kind / "dev").write_text(f"231:{minor}\n")
     (sysfs / "class" / "misc" / "rdma_cm").mkdir(parents=True)
     (sysfs / "class" / "misc" / "rdma_cm" / "dev").write_text("10:58\n")
 
@@ -213,10 +215,10 @@ def test_rdma_driver_end_to_end_ib_only(sim_node: Any, tmp_path: Any) -> None:  
         "rdma", extra_args=["--sysfs-root", str(sysfs), "--dev-root", str(dev)]
     )
     assert drv.name == "rdma.kndkit.dev"
-    names = sim_node.wait_devices(drv.name)
-    assert names == ["pci-0000-01-00-0"], names  # the IB adapter only, no veth NIC
+    names = sim_node.wait_devices(drv.name, at_least=2)
+    assert names == ["pci-0000-01-00-0", "pci-0000-02-00-0"], names  # no veth NIC
     config = {"rdma": {"uid": 1000, "gid": 2000, "fileMode": 0o660}}
-    pod = sim_node.new_pod("ib1", claims=[ClaimSpec(driver=drv.name, config=config)])
+    pod = sim_node.new_pod("ib1", claims=[ClaimSpec(driver=drv.name, count=2, config=config)])
     sim_node.start_pod(pod)
     resp = sim_node.create_container(pod)
     devices = resp["adjust"]["linux"]["devices"]
@@ -226,12 +228,17 @@ def test_rdma_driver_end_to_end_ib_only(sim_node: Any, tmp_path: Any) -> None:  
          d["file_mode"]["value"], d["uid"]["value"], d["gid"]["value"])
         for d in devices
     ]  # fmt: skip
-    assert got == [
-        ("/dev/infiniband/uverbs0", "c", 231, 192, 0o660, 1000, 2000),
-        ("/dev/infiniband/umad0", "c", 231, 0, 0o660, 1000, 2000),
-        ("/dev/infiniband/issm0", "c", 231, 64, 0o660, 1000, 2000),
-        ("/dev/infiniband/rdma_cm", "c", 10, 58, 0o660, 1000, 2000),
-    ]
+    assert sorted(got) == sorted(
+        [
+            ("/dev/infiniband/uverbs0", "c", 231, 192, 0o660, 1000, 2000),
+            ("/dev/infiniband/umad0", "c", 231, 0, 0o660, 1000, 2000),
+            ("/dev/infiniband/issm0", "c", 231, 64, 0o660, 1000, 2000),
+            ("/dev/infiniband/rdma_cm", "c", 10, 58, 0o660, 1000, 2000),
+            ("/dev/infiniband/uverbs1", "c", 231, 193, 0o660, 1000, 2000),
+            ("/dev/infiniband/umad1", "c", 231, 1, 0o660, 1000, 2000),
+            ("/dev/infiniband/issm1", "c", 231, 65, 0o660, 1000, 2000),
+        ]
+    )
     sim_node.delete_pod(pod)
     assert sim_node.snapshot() == before
     assert "Traceback" not in drv.logs()
