@@ -405,6 +405,23 @@ async def test_no_address_twice_and_released_on_unprepare(node: Node) -> None:
         # the range is used up: the third claim fails at prepare, naming the range
         with pytest.raises(IpamExhausted, match=r"10\.77\.0\.2-10\.77\.0\.3/24"):
             await prepare(d, claim(2, "par0-slot-2"))
+        # a claim for two slots when one address is left: refused, and the lease
+        # its first device took is given back (the framework calls release())
+        two = Claim(
+            namespace="default",
+            name="claim-two",
+            uid="claim-uid-two",
+            pods=(PodRef("default", "pod2", "pod-uid-2"),),
+            devices=tuple(
+                AllocatedDevice(request="nic", pool=NODE, device=f"par0-slot-{i}") for i in (2, 0)
+            ),
+            resource_version="1",
+        )
+        await unprepare(d, claim(1, "par0-slot-1"))
+        with pytest.raises(IpamExhausted):
+            await d.prepare_claim(two)
+        assert [lease.owner for lease in d.ipam.leases()] == ["claim-uid-0/par0-slot-0"]  # type: ignore[union-attr]
+        p1 = (await prepare(d, claim(1, "par0-slot-1")))[0]
         # preparing again is idempotent (the kubelet retries): same address
         assert (await prepare(d, claim(0, "par0-slot-0")))[0].addresses == p0.addresses
         await unprepare(d, claim(0, "par0-slot-0"))

@@ -437,8 +437,9 @@ class Macvlan(NetworkDriver):
         return tuple(out)
 
     async def release(self, plans: Sequence[InterfacePlan], record: ClaimRecord) -> None:
-        """Free every lease of the claim (also one of a prepare that crashed before
-        its plan was stored)."""
+        """Free every lease of the claim: on unprepare, and after a failed prepare
+        (the framework calls it with the plans made so far). By the claim's uid,
+        so a lease whose plan never reached the store is freed too."""
         if self.ipam is not None:
             await asyncio.to_thread(self.ipam.release_prefix, f"{record.uid}/")
 
