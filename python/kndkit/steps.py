@@ -39,7 +39,7 @@ from kndkit.plan import HostState, InterfacePlan, Neighbor, Route, Rule
 from kndkit.plan import Vrf as VrfPlan
 
 if TYPE_CHECKING:
-    from kndkit.driver import PlanContext
+    from kndkit.driver import PlanContext, PlanStep
     from kndkit.sources import NodeDevice
 
 __all__ = [
@@ -447,7 +447,7 @@ class HostSnapshot(_Step):
 
 
 #: DraNet's configuration as a list of steps, in the order they must run.
-NETDEV_STEPS: Sequence[Any] = (
+NETDEV_STEPS: Sequence[PlanStep] = (
     Interface(),
     Addresses(),
     Routes(),
