@@ -24,7 +24,7 @@ from typing import Any
 
 from kndkit.config import NetdevConfig, check_device_support
 from kndkit.dra.types import HealthStatus
-from kndkit.driver import NetworkDriver, PlanContext, run
+from kndkit.driver import DriverOptions, NetworkDriver, PlanContext, run
 from kndkit.nri.model import Container, ContainerAdjustment, Pod
 from kndkit.plan import InterfacePlan, RdmaPlan
 from kndkit.rdma import RdmaLinks, RdmaSettings, RdmaStep, adjustment_for, port_states
@@ -38,15 +38,21 @@ class RdmaConfig(NetdevConfig):
     rdma: RdmaSettings | None = None
 
 
+RDMA = RdmaStep()  # the RDMA side of each plan: link move (exclusive mode), char devices
+
+
 class Rdma(NetworkDriver):
     """RDMA NICs for pods, in the node's shared or exclusive RDMA netns mode."""
 
     name = "rdma.kndkit.dev"
     sources = (RdmaLinks(),)
     config = RdmaConfig
-    # the netdev example's steps (name, addresses, routes... from the claim),
-    # then the RDMA side: the link in exclusive mode, the character devices
-    steps = (*NETDEV_STEPS, RdmaStep())
+    # the netdev example's steps (name, addresses, routes... from the claim), then RDMA
+    steps = (*NETDEV_STEPS, RDMA)
+
+    def __init__(self, options: DriverOptions) -> None:
+        super().__init__(options)
+        self.netns_mode = RDMA.mode  # read once, at start ("shared" when unreadable)
 
     def plan(self, device: NodeDevice, config: Any, ctx: PlanContext) -> InterfacePlan:
         cfg = config if isinstance(config, RdmaConfig) else RdmaConfig()
