@@ -14,11 +14,19 @@ what differs (``plan`` most often). :meth:`NetworkDriver.run` wires everything::
     NodeUnprepareResources --> release() -> the claim's record deleted
 
 Restart: the claim service resolves interrupted prepares/unprepares; NRI
-Synchronize (the runtime's list of live pods) resolves attachments: ATTACHED or
-DETACHING records of pods that are gone are detached, ATTACHING ones are
-detached and attached again when the pod lives, and live pods whose prepared
-claims were never attached (the driver was down during RunPodSandbox) are
-attached.
+Synchronize (the runtime's list of live pods) resolves attachments: ATTACHED
+records of pods that are gone are detached, DETACHING ones are finished,
+ATTACHING ones are detached and attached again when the pod lives, and live
+pods whose prepared claims were never attached (the driver was down during
+RunPodSandbox) are attached.
+
+An attach that finishes after the NRI plugin failed its request (the runtime's
+deadline was near) is undone at once: the runtime has given up on that pod.
+
+Devices: discovery runs in the host namespace on start, every
+``rescan_interval`` seconds, after each unprepare, and when prepare meets a
+device it does not know. A device moved into a pod stays published (as last
+seen) while a prepared claim holds it.
 
 Everything is keyed by the driver name (state directory, sockets, the NRI
 plugin name), so several drivers run side by side on one node.
