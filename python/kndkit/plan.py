@@ -1097,10 +1097,39 @@ def _with_device(e: KndError, owners: Sequence[str], what: str) -> KndError:
         idx = int(m.group(1)) if m else -1
     device = owners[idx] if 0 <= idx < len(owners) else None
     prefix = f"{what} of device {device!r}" if device else what
-    new = type(e)(f"{prefix}: {e}")
+    hint = ""
+    if getattr(e, "errno_name", "") == "EEXIST" and getattr(e, "op", "") == "link_set":
+        hint = " (is the name already taken in the target namespace?)"
+    new = type(e)(f"{prefix}: {e}{hint}")
     new.__dict__.update(e.__dict__)
     new.device = device  # type: ignore[attr-defined]
     return new
+
+
+def _recover_partial_move(
+    plans: Sequence[InterfacePlan],
+    device: str,
+    pod_ns: NetNs,
+    host_ns: NetNs | None,
+    err: KndError,
+) -> None:
+    """Undoes a move the kernel half did: an RTM_NEWLINK that moves and renames
+    a link moves it first, then may refuse the new name (EEXIST: a pod link has
+    it) - the step failed, so the native rollback does not touch it, and the link
+    sits in the pod under its host name without its host addresses and routes.
+    :func:`detach` finds it there by its MAC and gives it back as captured."""
+    p = next((p for p in plans if p.device == device), None)
+    if p is None or p.kind != "move":
+        return
+    try:
+        out = detach([p], pod_ns, host_ns=host_ns)
+    except KndError as e2:
+        log.error("attach of %r failed and its half-done move could not be undone: %s", device, e2)
+        return
+    if out.restored or out.conflicts:
+        log.warning("attach of %r failed (%s); the half-done move was undone", device, err)
+    if out.errors:
+        log.error("undoing the half-done move of %r: %s", device, "; ".join(out.errors))
 
 
 def attach(
@@ -1120,7 +1149,11 @@ def attach(
     try:
         res = nl.apply(steps)
     except (NetlinkError, NamespaceError, InvalidArgument) as e:
-        raise _with_device(e, owners, "attach") from e
+        err = _with_device(e, owners, "attach")
+        idx = getattr(e, "step_index", -1)
+        if isinstance(e, NetlinkError) and 0 <= idx < len(steps) and "netns" in steps[idx]:
+            _recover_partial_move(plans, owners[idx], pod_ns, host_ns, err)
+        raise err from e
     results = res["results"]
     pod_links = {
         dev: cast(int, results[i]["ifindex"])
@@ -1193,11 +1226,14 @@ def _find_pod_link(p: InterfacePlan, links: Sequence[nl.LinkRecord]) -> nl.LinkR
     macs = _macs(p)
 
     def ours(lk: nl.LinkRecord) -> bool:
-        return lk["ifindex"] == hs.ifindex or (lk["mac"] or "").lower() in macs
+        # the MAC when there is one: a pod link may well have the same index
+        if macs:
+            return (lk["mac"] or "").lower() in macs
+        return lk["ifindex"] == hs.ifindex
 
     if named is not None and ours(named):
         return named
-    cands = [lk for lk in links if (lk["mac"] or "").lower() in macs and lk["name"] != "lo"]
+    cands = [lk for lk in links if ours(lk) and lk["name"] != "lo"]
     return cands[0] if len(cands) == 1 else None
 
 

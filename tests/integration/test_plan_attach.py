@@ -544,3 +544,24 @@ def test_detach_goes_on_past_a_refused_step(env: Env) -> None:
     assert "ENETUNREACH" in out.errors[0]
     assert_restored(env.host, before)
     assert kp.HostState.capture(nics[0], env.host) == hs
+
+
+def test_name_taken_in_pod_leaves_host_as_before(env: Env) -> None:
+    """The kernel moves a link, then refuses its new name (a pod link has it):
+    attach undoes that half-done move too, and the pod's own link is untouched."""
+    nics = [env.add_nic(i, rich=True) for i in range(2)]
+    wait_stable(env.host)
+    before = full_dump(env.host)
+    pod_name = next(iter(env.pods))
+    # high indexes: a moved link keeps its index only where it is free (else the
+    # kernel gives it a new one, which it then keeps on the way back)
+    _ip("-n", pod_name, "link", "add", "net1", "index", "900", "type", "veth", "peer", "name", "x1",
+        "index", "901")  # fmt: skip
+    pod_before = full_dump(env.pod)
+    plans = [pod_plan(i, nic, env) for i, nic in enumerate(nics)]
+    with pytest.raises(NetlinkError) as ei:
+        kp.attach(plans, env.pod, host_ns=env.host)
+    assert ei.value.errno_name == "EEXIST" and getattr(ei.value, "device", None) == "dev1"
+    assert "already taken" in str(ei.value)
+    assert_restored(env.host, before)
+    assert_same(full_dump(env.pod), pod_before)
