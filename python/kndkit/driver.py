@@ -670,12 +670,18 @@ class NetworkDriver:
 
     async def detach_pod(self, pod_uid: str) -> bool:
         """Detaches pod ``pod_uid`` (StopPodSandbox); False when nothing was attached."""
-        async with self._lock_for(pod_uid):
-            rec = self.open_store().get_attachment(pod_uid)
-            if rec is None:
-                return False
-            await self._detach_record(rec)
-            return True
+        lock = self._lock_for(pod_uid)
+        try:
+            async with lock:
+                rec = self.open_store().get_attachment(pod_uid)
+                if rec is None:
+                    return False
+                await self._detach_record(rec)
+                return True
+        finally:
+            # The pod is done: forget its lock unless someone waits on it.
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._pod_locks.pop(pod_uid, None)
 
     async def reconcile(self, pods: Sequence[Pod]) -> None:
         """Brings attachments in line with the runtime's live ``pods`` (NRI Synchronize)."""
@@ -879,6 +885,8 @@ class NetworkDriver:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self.host_ns is not None:
+            self.host_ns.close()
         log.info("driver %s stopped", name)
 
     # ------------------------------------------------------------------ observability
