@@ -481,3 +481,59 @@ def test_daemonset_and_its_pod_are_accepted(
     # The DeviceClass is the one claims use.
     dc = kube_apiserver.request("GET", f"{RESOURCE}/deviceclasses/{opts.driver_name}")
     assert opts.driver_name in dc["spec"]["selectors"][0]["cel"]["expression"]
+
+
+# --------------------------------------------------------------------------- the real driver
+
+
+def test_a_driver_does_its_job_as_the_manifests_account(kube_apiserver: KubeCluster) -> None:
+    """``kndkit run hello`` under the generated RBAC and admission policy, with a token
+    bound to its pod on the node: it publishes, prepares, attaches, writes the claims'
+    device status and detaches without one refused request."""
+    from kndkit.testing import ClaimSpec, Cluster, SimulatedNode
+    from kndkit.testing.kube import Allocator
+    from kndkit.testing.peers import ensure
+
+    tag = uuid.uuid4().hex[:6]
+    opts = ManifestOptions(
+        driver="hello",
+        driver_name="hello.kndkit.dev",
+        namespace=f"km-{tag}",
+        app_name=f"kndkit-km{tag}",
+    )
+    docs = [obj for _, obj in build(opts, ["namespace", "rbac", "policy"])]
+    cluster = Cluster(
+        kube_apiserver,
+        Allocator(kube_apiserver.kubeconfig_admin, ensure(("kube",)) / "allocator"),
+        kube_apiserver.workdir,
+    )
+    try:
+        with SimulatedNode.start(node_name=f"km{tag}", nics=2, cluster=cluster) as node:
+            node.kubeconfig = kube_apiserver.kubeconfig_for(docs, node=node.node_name)
+            tok = kube_apiserver.token_from_kubeconfig(node.kubeconfig)
+            _wait_policy_active(kube_apiserver, tok, opts.driver_name)
+            drv = node.start_driver("hello")
+            assert node.wait_devices(drv.name, at_least=2) == ["eth1", "eth2"]
+            before = node.snapshot()
+            pod = node.new_pod("p1", claims=[ClaimSpec(driver=drv.name)])
+            node.start_pod(pod)
+            assert [lk["name"] for lk in node.pod_links(pod)] == ["lo", "net1"]
+            claims = f"{RESOURCE}/namespaces/{pod.namespace}/resourceclaims"
+            [claim] = kube_apiserver.request("GET", claims)["items"]
+            deadline = time.monotonic() + 30
+            while not claim.get("status", {}).get("devices"):
+                assert time.monotonic() < deadline, f"no device status written:\n{drv.logs()}"
+                time.sleep(0.3)
+                claim = kube_apiserver.request("GET", f"{claims}/{claim['metadata']['name']}")
+            assert claim["status"]["devices"][0]["driver"] == drv.name
+            node.delete_pod(pod)
+            assert node.snapshot() == before
+            logs = drv.logs()
+            assert "Forbidden" not in logs and " 403" not in logs, logs
+    finally:
+        for obj in reversed(docs):
+            if obj["kind"] != "Namespace":
+                kube_apiserver.delete(obj)
+        kube_apiserver.delete(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": opts.namespace}}
+        )
