@@ -339,12 +339,9 @@ async def test_failed_attach_leaves_no_record(host: Host) -> None:
     assert "net1" not in host.links(pod_ns)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kndkit.plan.attach: the kernel moves the link and then refuses the rename "
-    "(EEXIST) in the same RTM_NEWLINK; the link is left in the pod under its host name",
-)
 async def test_attach_name_taken_in_pod_leaves_link_on_host(host: Host) -> None:
+    # The kernel moves the link, then refuses the new name (EEXIST) in the same
+    # RTM_NEWLINK: the attach must still leave the link on the host.
     d = Hello(_options(host))
     await d.rescan()
     await _prepare(d, _claim(host.nics[0]))
