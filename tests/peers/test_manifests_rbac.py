@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -526,6 +527,15 @@ def test_a_driver_does_its_job_as_the_manifests_account(kube_apiserver: KubeClus
                 time.sleep(0.3)
                 claim = kube_apiserver.request("GET", f"{claims}/{claim['metadata']['name']}")
             assert claim["status"]["devices"][0]["driver"] == drv.name
+            # What the DaemonSet's probes and a Prometheus scrape see.
+            assert drv.metrics_url
+            base = drv.metrics_url.rsplit("/", 1)[0]
+            for path in ("/healthz", "/readyz"):
+                with urllib.request.urlopen(base + path, timeout=10) as r:
+                    assert (r.status, r.read()) == (200, b"ok"), path
+            scraped = drv.metrics()
+            assert f'kndkit_attached_pods{{driver="{drv.name}"}} 1.0' in scraped, scraped
+            assert "kndkit_nri_request_duration_seconds_count" in scraped
             node.delete_pod(pod)
             assert node.snapshot() == before
             logs = drv.logs()
