@@ -20,6 +20,11 @@ ATTACHING ones are detached and attached again when the pod lives, and live
 pods whose prepared claims were never attached (the driver was down during
 RunPodSandbox) are attached.
 
+Attachment records are committed without waiting for an fsync (on the loop
+thread, tens of microseconds): they must survive a crash of the process, which
+they do; what they describe (links in pod namespaces) does not survive a power
+cut either, and Synchronize after a reboot finds those pods gone.
+
 An attach that finishes after the NRI plugin failed its request (the runtime's
 deadline was near) is undone at once: the runtime has given up on that pod.
 
@@ -603,8 +608,8 @@ class NetworkDriver:
                 raise
             elapsed = time.perf_counter() - t0
             metrics.ATTACH_DURATION.labels(self.driver_name, "attach").observe(elapsed)
-            rec = await asyncio.to_thread(
-                store.put_attachment, dataclasses.replace(rec, phase=AttachPhase.ATTACHED)
+            rec = store.put_attachment(
+                dataclasses.replace(rec, phase=AttachPhase.ATTACHED), sync=False
             )
             if cancelled is not None and cancelled():
                 log.warning(
@@ -657,7 +662,7 @@ class NetworkDriver:
             self._detach_blocking, rec.plans if isinstance(rec.plans, list) else [], rec.netns
         )
         metrics.ATTACH_DURATION.labels(self.driver_name, "detach").observe(time.perf_counter() - t0)
-        await asyncio.to_thread(store.delete_attachment, rec.pod_uid)
+        store.delete_attachment(rec.pod_uid, sync=False)
         log.info(
             "driver %s: pod %s detached: restored %s, deleted %s, missing %s",
             self.driver_name,
