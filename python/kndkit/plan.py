@@ -928,6 +928,15 @@ def _route_step(r: Route, ifname: str | int, ns: NetNs | None, op: str = "route_
     return step
 
 
+def _rule_family(p: InterfacePlan, ru: Rule) -> Literal["inet", "inet6"]:
+    """The rule's family: from its selectors, else IPv6 when every address of the
+    plan is, else IPv4."""
+    fam = _family(ru.source, ru.destination)
+    if fam is not None:
+        return fam
+    return "inet6" if p.addresses and all(":" in a for a in p.addresses) else "inet"
+
+
 def _route_order(r: Route) -> int:
     return 1 if r.gateway else 0
 
@@ -1064,9 +1073,7 @@ def _attach_steps(
                 priority=ru.priority, table=ru.table, src=ru.source, dst=ru.destination, ns=pod_ns
             )
             if _family(ru.source, ru.destination) is None:
-                step["family"] = (
-                    "inet6" if p.addresses and all(":" in a for a in p.addresses) else "inet"
-                )
+                step["family"] = _rule_family(p, ru)
             add(p.device, step)
     for p in links:
         for n in p.neighbors:
@@ -1383,6 +1390,45 @@ def _free_name(
     return tmp, f"restored as {tmp} ({hs.ifname} is taken)"
 
 
+def _net(cidr: str | None) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    return None if cidr is None else ipaddress.ip_network(cidr, strict=False)
+
+
+def _pod_cleanup_steps(
+    plans: Sequence[InterfacePlan], pod_ns: NetNs | None, pod_links: Sequence[nl.LinkRecord]
+) -> list[tuple[str, nl.Step]]:
+    """``rule_del`` for each rule of the plans still in the pod (matched on table,
+    family, selectors and, when the plan gave one, priority) and ``link_del`` for
+    their VRF devices there."""
+    out: list[tuple[str, nl.Step]] = []
+    if any(p.rules for p in plans):
+        records = list(nl.dump_rules(pod_ns))
+        for p in plans:
+            for ru in p.rules:
+                fam = _rule_family(p, ru)
+                src, dst = _net(ru.source), _net(ru.destination)
+                for rec in records:
+                    if (
+                        rec["table"] == ru.table
+                        and rec["family"] == fam
+                        and _net(rec["src"]) == src
+                        and _net(rec["dst"]) == dst
+                        and (ru.priority is None or rec["priority"] == ru.priority)
+                    ):
+                        records.remove(rec)
+                        out.append((p.device, nl.rule_del(
+                            family=cast(Any, fam), priority=rec["priority"], table=rec["table"],
+                            src=rec["src"], dst=rec["dst"], ns=pod_ns,
+                        )))  # fmt: skip
+                        break
+    vrfs = {lk["name"] for lk in pod_links if lk["kind"] == "vrf"}
+    for p in plans:
+        if p.vrf is not None and p.vrf.name in vrfs:
+            vrfs.discard(p.vrf.name)
+            out.append((p.device, nl.delete_link(p.vrf.name, ns=pod_ns)))
+    return out
+
+
 @dataclass
 class _DetachPlan:
     steps: list[nl.Step] = field(default_factory=list)
@@ -1432,8 +1478,14 @@ def _compute_detach(
                 p.device,
                 [{"op": "rdma_move", "device": p.rdma.device, "netns": target_ns, "ns": pod_ns}],
             )
+    # 2. what the plans added to the pod namespace itself (kept by a live pod,
+    # refused as existing by a second attach into it): rules, VRF devices
+    if alive:
+        add_steps = _pod_cleanup_steps(plans, pod_ns, pod_links)
+        for owner, step in add_steps:
+            add(owner, [step])
     rdma_on_host: set[str] | None = None
-    # 2. links
+    # 3. links
     for p in plans:
         if p.kind == "rdma":  # IB-only: restored once its RDMA link is (or stays) on the host
             rd = cast(RdmaPlan, p.rdma)
@@ -1507,10 +1559,12 @@ def detach(
     """Gives every link of ``plans`` back to the host exactly as captured.
 
     Idempotent: the steps are computed from where each link is now (the pod
-    namespace by plan name, ifindex or MAC; the host namespace by ifindex and
-    MAC) and from its :class:`HostState`; a link already restored costs nothing.
-    Exclusive RDMA links go back first, then each link moves back with its
-    original name, MTU, MAC, alias and GSO/GRO sizes in one RTM_NEWLINK, followed
+    namespace by plan name and MAC, or ifindex for a link without one; the host
+    namespace by ifindex and MAC) and from its :class:`HostState`; a link
+    already restored costs nothing. Exclusive RDMA links go back first; in a
+    live pod the plans' rules and VRF devices are removed (so the same plans can
+    attach again); then each link moves back with its original name, MTU, MAC,
+    alias and GSO/GRO sizes in one RTM_NEWLINK, followed
     by its sysctls, ethtool settings, master, addresses, up state, routes and
     neighbours - one native call, without rollback (a half-restored link is
     better on the host than back in a dying pod). When the kernel refuses a

@@ -185,7 +185,10 @@ def check_pod(env: Env, pod: NetNs, plans: list[InterfacePlan]) -> None:
         for r in p.routes:
             assert (r.destination, r.gateway, r.table or 254) in routes
         for ru in p.rules:
-            assert (ru.priority, ru.table, ru.source) in rules
+            assert any(
+                (ru.priority in (None, prio), ru.table, ru.source) == (True, table, src)
+                for prio, table, src in rules
+            )
         for n in p.neighbors:
             assert (p.name, n.destination, n.hardware_addr) in neighs
 
@@ -565,3 +568,18 @@ def test_name_taken_in_pod_leaves_host_as_before(env: Env) -> None:
     assert "already taken" in str(ei.value)
     assert_restored(env.host, before)
     assert_same(full_dump(env.pod), pod_before)
+
+
+def test_reattach_into_the_same_live_pod(env: Env) -> None:
+    """detach leaves a live pod as it was before attach (its rules too), so the
+    same plans attach again (the restart path: ATTACHING -> detach -> attach)."""
+    nics = [env.add_nic(i, rich=True) for i in range(2)]
+    pod_before = full_dump(env.pod)
+    plans = [pod_plan(i, nic, env) for i, nic in enumerate(nics)]
+    plans[1] = plans[1].with_(rules=(*plans[1].rules, Rule(table=300)))  # no selector, no priority
+    for _ in range(2):
+        kp.attach(plans, env.pod, host_ns=env.host)
+        check_pod(env, env.pod, plans)
+        out = kp.detach(plans, env.pod, host_ns=env.host)
+        assert sorted(out.restored) == ["dev0", "dev1"] and out.errors == []
+        assert_same(full_dump(env.pod), pod_before)
