@@ -30,7 +30,7 @@ from kndkit.examples.hello import Hello
 from kndkit.k8s.claims import AllocatedDevice, Claim, PodRef
 from kndkit.k8s.errors import ConfigError
 from kndkit.nri.model import Container, Event, Namespace, Pod
-from kndkit.plan import InterfacePlan, Route
+from kndkit.plan import CharDevice, InterfacePlan, RdmaPlan, Route
 from kndkit.sources import Netdevs, NodeDevice
 from kndkit.state import AttachmentRecord, AttachPhase, ClaimPhase, ClaimRecord
 
@@ -455,3 +455,39 @@ def test_create_container_subscription(host: Host) -> None:
     assert Event.CREATE_CONTAINER in asyncio.run(events(Inject))
     assert Event.CREATE_CONTAINER in asyncio.run(events(Declared))
     assert _make_nri_plugin(Hello(_options(host))).qualified_name == "10-hello"
+
+
+async def test_default_injection_of_rdma_char_devices(host: Host) -> None:
+    class Declared(Hello):
+        name = "declared.kndkit.test"
+        inject_devices = True
+
+    d = Declared(_options(host))
+    plan = InterfacePlan(
+        device="ib0",
+        kind="rdma",
+        rdma=RdmaPlan(
+            device="mlx5_0",
+            char_devices=(
+                CharDevice("/dev/infiniband/uverbs0", major=231, minor=192, file_mode=0o660),
+            ),
+        ),
+    )
+    d.open_store().put_attachment(
+        AttachmentRecord(
+            pod_uid="pod-uid-0",
+            pod_ref="ns/pod0",
+            netns="/run/netns/x",
+            phase=AttachPhase.ATTACHED,
+            claim_uids=("c",),
+            plans=[plan.to_json()],
+        )
+    )
+    plugin = _make_nri_plugin(d)
+    ctr = Container(id="c1", pod_sandbox_id="sb", name="c")
+    adj = await plugin.create_container(_pod("/run/netns/x"), ctr)
+    assert [(x.path, x.major, x.minor, x.file_mode) for x in adj.devices] == [
+        ("/dev/infiniband/uverbs0", 231, 192, 0o660)
+    ]
+    # A pod without an attachment gets nothing.
+    assert await plugin.create_container(_pod("/run/netns/y", uid="other"), ctr) is None
