@@ -10,6 +10,16 @@ captured at prepare time (name, MTU, MAC, alias, up state, GSO/GRO sizes,
 master, addresses, routes, neighbours, the sysctls and ethtool settings the plan
 changes); sub-interfaces created for the pod (macvlan/ipvlan) are deleted.
 
+The kernel does one thing the native rollback cannot see: an RTM_NEWLINK that
+moves and renames a link moves it first and may then refuse the name (a pod
+link has it, EEXIST), leaving it in the pod under its host name; :func:`attach`
+gives such a link back through :func:`detach` before raising.
+
+Limits: a link keeps its ifindex across namespaces only where the number is
+free (the kernel picks a new one otherwise, and it stays); per-link sysctls the
+plan does not change are not captured, and the kernel resets them to the host
+namespace's defaults when the link comes back.
+
 Name collisions on detach: when a *different* host link has taken the original
 name meanwhile, the link is restored under the temporary name ``knd<ifindex>``
 (everything else restored as captured) and the device is listed in
@@ -875,27 +885,11 @@ def _require(op: str, key: str, device: str, what: str) -> None:
 
 
 def _read_sysctl(path: str, ns: NetNs | None) -> str:
-    dump = getattr(nl, "dump_sysctl", None) or getattr(_native, "dump_sysctl", None)
-    if dump is not None:
-        return str(dump(path, ns)).strip()
-    if ns is None:
-        try:
-            with open(f"/proc/sys/{path}") as f:
-                return f.read().strip()
-        except OSError as e:
-            raise InvalidArgument(f"cannot read sysctl {path}: {e.strerror}") from None
-    raise NotAvailable(
-        f"reading sysctl {path} in namespace {_ns_label(ns)} needs kndkit._native.dump_sysctl"
-    )
+    return nl.dump_sysctl(path, ns).strip()
 
 
 def _dump_ethtool(ifname: str, ns: NetNs | None) -> Mapping[str, Mapping[str, bool]]:
-    dump = getattr(nl, "dump_ethtool", None) or getattr(_native, "dump_ethtool", None)
-    if dump is None:
-        raise NotAvailable(
-            f"reading ethtool settings of {ifname!r} needs kndkit._native.dump_ethtool"
-        )
-    return cast(Mapping[str, Mapping[str, bool]], dump(ifname, ns))
+    return cast(Mapping[str, Mapping[str, bool]], nl.dump_ethtool(ifname, ns))
 
 
 # ----------------------------------------------------------------------------- attach
@@ -1289,8 +1283,8 @@ def _host_side_steps(  # noqa: PLR0917
             try:
                 if _read_sysctl(hp, ns) == value:
                     continue
-            except (NotAvailable, InvalidArgument):
-                pass
+            except KndError:
+                pass  # written below; a refusal is reported there
         _require("sysctl", "", dev, "restoring host sysctls")
         steps.append(at({"op": "sysctl", "path": hp, "value": value}))
     # ethtool settings the plan changed
@@ -1298,8 +1292,8 @@ def _host_side_steps(  # noqa: PLR0917
     if (feats or privs) and cur is not None:
         try:
             now = _dump_ethtool(cur["name"], ns)
-        except NotAvailable:
-            pass
+        except KndError:
+            pass  # written below; a refusal is reported there
         else:
             nf, np_ = now.get("features", {}), now.get("private_flags", {})
             feats = {k: v for k, v in feats.items() if nf.get(k) != v}
