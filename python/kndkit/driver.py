@@ -736,14 +736,34 @@ class NetworkDriver:
             for plan in self._plans_of(c.plans):
                 share = next((d.share_id for d in c.devices if d.device_name == plan.device), None)
                 ifindex = pod_links.get(plan.device)
+                conditions = []
+                if plan.kind != "rdma":
+                    conditions.append(
+                        {
+                            "type": "NetworkReady",
+                            "status": "True",
+                            "reason": "Attached",
+                            "message": f"{plan.name} configured in the pod",
+                        }
+                    )
+                if plan.rdma is not None:
+                    conditions.append(
+                        {
+                            "type": "RDMALinkReady",
+                            "status": "True",
+                            "reason": "Attached",
+                            "message": f"RDMA device {plan.rdma.device} available to the pod",
+                        }
+                    )
                 statuses.append(
                     DeviceStatus(
                         pool=self.options.node_name,
                         device=plan.device,
                         share_id=share,
                         interface_name=plan.name if plan.kind != "rdma" else None,
-                        ips=[a for a in plan.addresses][:16],
+                        ips=list(plan.addresses)[:16],
                         hardware_address=macs.get(ifindex) if ifindex else None,
+                        conditions=conditions,
                     )
                 )
             try:

@@ -350,6 +350,11 @@ def test_publish_prepare_run_stop_unprepare(node: Node) -> None:
     nd = _wait(network_data, "networkData on the claim")
     assert nd[0]["interfaceName"] == "eth9"
     assert nd[0]["hardwareAddress"] == before[dev][1]
+    (entry,) = [d for d in node.api.get(claim)["status"]["devices"] if d.get("driver") == DRIVER]
+    assert {c["type"]: c["status"] for c in entry["conditions"]} == {
+        "Ready": "True",
+        "NetworkReady": "True",
+    }
 
     # Metrics and probes (an ephemeral port, written to the state directory).
     port = int((node.tmp / "state" / "metrics.port").read_text())
