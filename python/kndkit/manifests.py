@@ -29,9 +29,9 @@ multi-document YAML:
   after the agent started are visible), ``/dev/infiniband``, ``/sys``,
   ``/sys/fs/bpf`` and the state directory ``/var/lib/kndkit``; liveness on
   ``/healthz`` and readiness on ``/readyz`` of the metrics port; a 128 MiB memory
-  limit. No host PID namespace by default: containerd and CRI-O hand NRI the pod's
-  network namespace as a file under ``/var/run/netns``; ``--host-pid`` is for
-  runtimes that give ``/proc/<pid>/ns/net`` paths.
+  limit (``--memory-limit``). No host PID namespace by default: containerd and
+  CRI-O hand NRI the pod's network namespace as a file under ``/var/run/netns``;
+  ``--host-pid`` is for runtimes that give ``/proc/<pid>/ns/net`` paths.
 
 ``--output-dir DIR`` writes ``DIR/<first label of the driver name>.yaml`` instead
 of printing. ``--only`` picks parts (``namespace``, ``rbac``, ``policy``,
@@ -59,6 +59,7 @@ from kndkit.errors import InvalidArgument, KndError
 
 __all__ = [
     "BUNDLED_NAMES",
+    "DEFAULT_MEMORY_LIMIT",
     "DEFAULT_METRICS_PORT",
     "DEFAULT_NAMESPACE",
     "PARTS",
@@ -76,6 +77,7 @@ log = logging.getLogger("kndkit.manifests")
 
 DEFAULT_NAMESPACE = "kndkit-system"
 DEFAULT_METRICS_PORT = 9177
+DEFAULT_MEMORY_LIMIT = "128Mi"
 PARTS = ("namespace", "rbac", "policy", "deviceclass", "daemonset")
 
 # DRA driver names of the bundled examples, used only while kndkit.examples (the
@@ -200,6 +202,7 @@ class ManifestOptions:
         host_pid: run in the host's PID namespace.
         set_params: ``KEY=VALUE`` driver parameters passed as ``--set``.
         image_pull_policy: the container's ``imagePullPolicy``.
+        memory_limit: the container's memory limit (``128Mi``, ``256Mi``, ``1Gi``...).
     """
 
     driver: str
@@ -211,6 +214,7 @@ class ManifestOptions:
     host_pid: bool = False
     set_params: tuple[str, ...] = ()
     image_pull_policy: str = "IfNotPresent"
+    memory_limit: str = DEFAULT_MEMORY_LIMIT
 
     def __post_init__(self) -> None:
         if not self.app_name:
@@ -232,6 +236,10 @@ class ManifestOptions:
             raise InvalidArgument(f"image {self.image!r} is empty or contains whitespace")
         if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
             raise InvalidArgument(f"imagePullPolicy {self.image_pull_policy!r} is not valid")
+        if not re.fullmatch(r"[1-9][0-9]*(Ki|Mi|Gi)", self.memory_limit):
+            raise InvalidArgument(
+                f"memory limit {self.memory_limit!r}: expected a whole number of Ki, Mi or Gi"
+            )
         for kv in self.set_params:
             if "=" not in kv or not kv.partition("=")[0]:
                 raise InvalidArgument(f"--set {kv!r}: expected KEY=VALUE")
@@ -500,7 +508,7 @@ def _daemonset(o: ManifestOptions) -> dict[str, Any]:
                 "readinessProbe": probe("/readyz", 5, 2),
                 "resources": {
                     "requests": {"cpu": "50m", "memory": "64Mi"},
-                    "limits": {"memory": "128Mi"},
+                    "limits": {"memory": o.memory_limit},
                 },
                 "securityContext": {"privileged": True},
                 "volumeMounts": mounts,
@@ -588,6 +596,8 @@ def command_for(options: ManifestOptions, parts: Iterable[str] = PARTS) -> str:
         argv += ["--name", o.app_name]
     if o.metrics_port != DEFAULT_METRICS_PORT:
         argv += ["--metrics-port", str(o.metrics_port)]
+    if o.memory_limit != DEFAULT_MEMORY_LIMIT:
+        argv += ["--memory-limit", o.memory_limit]
     if o.host_pid:
         argv.append("--host-pid")
     for kv in o.set_params:
@@ -636,6 +646,7 @@ def _cmd(args: argparse.Namespace) -> int:
         host_pid=args.host_pid,
         set_params=tuple(args.set or ()),
         image_pull_policy=args.image_pull_policy,
+        memory_limit=args.memory_limit,
     )
     docs = build(options, parts)
     text = render(docs, header=header_for(options, parts))
@@ -679,6 +690,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         type=int,
         default=DEFAULT_METRICS_PORT,
         help=f"metrics/health port on the node (default {DEFAULT_METRICS_PORT})",
+    )
+    p.add_argument(
+        "--memory-limit",
+        default=DEFAULT_MEMORY_LIMIT,
+        help=f"the agent's memory limit (default {DEFAULT_MEMORY_LIMIT})",
     )
     p.add_argument("--host-pid", action="store_true", help="run in the host PID namespace")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="driver parameter")

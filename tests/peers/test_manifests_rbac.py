@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 DEPLOY = REPO_ROOT / "deploy"
 RESOURCE = "/apis/resource.k8s.io/v1"
+_LIMITS_MIB = {"128Mi": 128}
 
 
 def _uniq(what: str) -> str:
@@ -536,6 +537,19 @@ def test_a_driver_does_its_job_as_the_manifests_account(kube_apiserver: KubeClus
             scraped = drv.metrics()
             assert f'kndkit_attached_pods{{driver="{drv.name}"}} 1.0' in scraped, scraped
             assert "kndkit_nri_request_duration_seconds_count" in scraped
+            # The driver fits the DaemonSet's memory limit.
+            [rss] = [
+                float(line.split()[1])
+                for line in scraped.splitlines()
+                if line.startswith("process_resident_memory_bytes ")
+            ]
+            limit = _LIMITS_MIB[
+                build(opts, ["daemonset"])[0][1]["spec"]["template"]["spec"]["containers"][0][
+                    "resources"
+                ]["limits"]["memory"]
+            ]
+            print(f"driver RSS with one pod attached: {rss / 2**20:.1f} MiB (limit {limit} MiB)")
+            assert rss < limit * 2**20, rss
             node.delete_pod(pod)
             assert node.snapshot() == before
             logs = drv.logs()

@@ -77,6 +77,8 @@ def test_the_header_command_reproduces_the_file(capsys: pytest.CaptureFixture[st
         "--set",
         "mtu=9000",
         "--host-pid",
+        "--memory-limit",
+        "1Gi",
         "--no-admission-policy",
     )
     assert rc == 0
@@ -216,6 +218,7 @@ def test_options_change_what_they_should() -> None:
         host_pid=True,
         set_params=("mtu=9000", "x=a=b"),
         image_pull_policy="Always",
+        memory_limit="256Mi",
     )
     assert k["Namespace"]["metadata"]["name"] == "nets"
     assert k["ServiceAccount"]["metadata"] == {
@@ -230,6 +233,7 @@ def test_options_change_what_they_should() -> None:
     assert (c["image"], c["imagePullPolicy"]) == ("r.example/kndkit:1", "Always")
     assert c["args"][-4:] == ["--set", "mtu=9000", "--set", "x=a=b"]
     assert c["ports"][0]["containerPort"] == 9300
+    assert c["resources"]["limits"] == {"memory": "256Mi"}
     assert k["ClusterRoleBinding"]["subjects"][0] == {
         "kind": "ServiceAccount",
         "name": "agent",
@@ -250,6 +254,8 @@ def test_options_change_what_they_should() -> None:
         ({"image": "a b"}, "image 'a b'"),
         ({"image_pull_policy": "Sometimes"}, "Sometimes"),
         ({"set_params": ("novalue",)}, "--set 'novalue'"),
+        ({"memory_limit": "128M"}, "memory limit '128M'"),
+        ({"memory_limit": "0Mi"}, "memory limit '0Mi'"),
         ({"set_params": ("=v",)}, "--set '=v'"),
     ],
 )
