@@ -584,10 +584,12 @@ class NetworkDriver:
                 return False
             if pod.host_network or not pod.netns:
                 names = ", ".join(f"{c.namespace}/{c.name}" for c in claims)
-                raise KndError(
+                err = KndError(
                     f"pod {pod.ref} uses the host network: driver {self.driver_name} "
                     f"cannot move the devices of claim(s) {names} into it"
                 )
+                self._spawn(self._attach_failed_events(claims, pod, err), "attach-event")
+                raise err
             plans: list[dict[str, Any]] = []
             for c in claims:
                 plans.extend(c.plans if isinstance(c.plans, list) else [])
@@ -603,8 +605,10 @@ class NetworkDriver:
             t0 = time.perf_counter()
             try:
                 result = await asyncio.to_thread(self._attach_blocking, plans, pod.netns)
-            except BaseException:
+            except BaseException as e:
                 store.delete_attachment(pod.uid, sync=False)  # attach rolled back
+                if isinstance(e, Exception):
+                    self._spawn(self._attach_failed_events(claims, pod, e), "attach-event")
                 raise
             elapsed = time.perf_counter() - t0
             metrics.ATTACH_DURATION.labels(self.driver_name, "attach").observe(elapsed)
@@ -770,6 +774,19 @@ class NetworkDriver:
                 await writer.apply(c.ref, statuses)
             except Exception as e:
                 log.warning("driver %s: status of claim %s: %s", self.driver_name, c.ref, e)
+
+    async def _attach_failed_events(
+        self, claims: Sequence[ClaimRecord], pod: Pod, error: Exception
+    ) -> None:
+        """A Warning Event on each claim of a pod whose attach failed (best effort)."""
+        writer = self.status_writer
+        if writer is None:
+            return
+        for c in claims:
+            with contextlib.suppress(Exception):
+                await writer.event(
+                    c.ref, "AttachFailed", f"pod {pod.ref}: attaching the devices failed: {error}"
+                )
 
     @staticmethod
     def _pod_macs(netns: str) -> dict[int, str]:

@@ -400,6 +400,19 @@ def test_host_network_pod_refused(node: Node) -> None:
         node.runtime.run_pod_sandbox(pod)
     assert _device(claim) in _links(node.host)
     assert node.records()[1] == []
+
+    def events() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = node.api.request(
+            "GET", f"/apis/events.k8s.io/v1/namespaces/{node.namespace}/events"
+        )["items"]
+        return [
+            e
+            for e in items
+            if e["reason"] == "AttachFailed" and e["regarding"]["uid"] == claim["metadata"]["uid"]
+        ]
+
+    (event,) = _wait(events, "an AttachFailed event on the claim")
+    assert "host network" in event["note"] and event["type"] == "Warning"
     node.unprepare(claim)
 
 
