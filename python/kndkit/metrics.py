@@ -175,8 +175,9 @@ def render(registry: CollectorRegistry = REGISTRY, accept: str = "") -> tuple[by
 class Timing:
     """What :func:`timed` yields: set ``result`` to record another outcome than ``ok``.
 
-    ``result`` becomes ``"error"`` when the block raises (unless the block set
-    another value than ``"ok"`` first). ``duration_s`` is set when the block ends.
+    ``result`` becomes ``"error"`` when the block raises, ``"cancelled"`` when its
+    task is cancelled (unless the block set another value than ``"ok"`` first).
+    ``duration_s`` is set when the block ends.
     """
 
     result: str = "ok"
@@ -202,8 +203,8 @@ def timed(
 
     ``labels`` are the label values; each metric takes the ones it declares. The
     counter's ``result`` label comes from the yielded :class:`Timing` (``"ok"``,
-    ``"error"`` when the block raised, or what the block set). The exception, if
-    any, propagates unchanged.
+    ``"error"`` when the block raised, ``"cancelled"`` when it was cancelled, or
+    what the block set). The exception, if any, propagates unchanged.
 
     Raises:
         InvalidArgument: before the block runs, when a label a metric needs is
@@ -237,6 +238,10 @@ def timed(
     start = time.perf_counter()
     try:
         yield timing
+    except asyncio.CancelledError:
+        if timing.result == "ok":
+            timing.result = "cancelled"
+        raise
     except BaseException:
         if timing.result == "ok":
             timing.result = "error"

@@ -102,6 +102,26 @@ def test_timed_pair_counts_result_and_observes_latency() -> None:
     assert get("kndkit_dra_request_duration_seconds_count", labels) == 4
 
 
+async def test_timed_counts_a_cancelled_task() -> None:
+    d = _driver()
+    started = asyncio.Event()
+
+    async def hook() -> None:
+        with timed((metrics.NRI_REQUESTS, metrics.NRI_LATENCY), driver=d, event="RunPodSandbox"):
+            started.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(hook())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    labels = {"driver": d, "event": "RunPodSandbox"}
+    get = metrics.REGISTRY.get_sample_value
+    assert get("kndkit_nri_requests_total", {**labels, "result": "cancelled"}) == 1
+    assert get("kndkit_nri_request_duration_seconds_count", labels) == 1
+
+
 def test_timed_histogram_alone() -> None:
     d = _driver()
     for _ in range(3):
