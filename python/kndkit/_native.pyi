@@ -83,12 +83,16 @@ class NetNs:
 
 # --------------------------------------------------------------------------- netlink batches
 
-def apply(steps: Sequence[Mapping[str, Any]], *, rollback: bool = True) -> dict[str, Any]:
+def apply(
+    steps: Sequence[Mapping[str, Any]], *, rollback: bool = True, recover_partial: bool = False
+) -> dict[str, Any]:
     """Executes a plan: every step in as few ``sendmsg`` calls as the kernel allows.
 
     Returns ``{"steps": n, "sendmsg": k, "results": [per-step dict]}``. On the
     first failing step the completed steps are undone in reverse order (unless
     ``rollback=False``) and :class:`kndkit.errors.NetlinkError` names the step.
+    With ``recover_partial`` the rollback first undoes what the kernel applied
+    of a refused ``link_set`` (a move whose rename was then refused).
     Invalid input raises :class:`kndkit.errors.InvalidArgument` before anything
     is sent. See :mod:`kndkit.netlink` for the step schema.
     """

@@ -580,10 +580,18 @@ def ebpf_detach(ifname: str | int, *, ns: NetNs | None = None) -> Step:
 # ----------------------------------------------------------------------------- execution, dumps
 
 
-def apply(steps: Sequence[Mapping[str, Any]], *, rollback: bool = True) -> ApplyResult:
-    """Runs the plan in the Rust core; see :func:`kndkit._native.apply`."""
+def apply(
+    steps: Sequence[Mapping[str, Any]], *, rollback: bool = True, recover_partial: bool = False
+) -> ApplyResult:
+    """Runs the plan in the Rust core; see :func:`kndkit._native.apply`.
+
+    ``recover_partial``: the rollback also undoes what the kernel applied of the
+    refused ``link_set`` itself (the kernel moves a link before it refuses a new
+    name that is taken in the target namespace)."""
     log.debug("applying %d netlink step(s)", len(steps))
-    result = cast(ApplyResult, _native.apply(steps, rollback=rollback))
+    result = cast(
+        ApplyResult, _native.apply(steps, rollback=rollback, recover_partial=recover_partial)
+    )
     log.debug("applied %d step(s) in %d sendmsg", result["steps"], result["sendmsg"])
     return result
 

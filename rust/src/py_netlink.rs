@@ -743,15 +743,16 @@ fn parse_plan(steps: &Bound<'_, PyAny>) -> PyResult<Plan> {
 }
 
 #[pyfunction]
-#[pyo3(signature = (steps, *, rollback = true))]
+#[pyo3(signature = (steps, *, rollback = true, recover_partial = false))]
 fn apply<'py>(
     py: Python<'py>,
     steps: &Bound<'py, PyAny>,
     rollback: bool,
+    recover_partial: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let plan = parse_plan(steps)?;
     let out = py
-        .detach(|| knd_netlink::apply(&plan, rollback))
+        .detach(|| knd_netlink::apply_with(&plan, rollback, recover_partial))
         .map_err(to_py)?;
     let d = PyDict::new(py);
     d.set_item("steps", out.steps)?;

@@ -362,3 +362,43 @@ def test_ebpf_detach_is_reported_as_not_undoable(env: Env) -> None:
     e: Any = ei.value
     assert not e.rolled_back
     assert any("ebpf_detach" in x for x in e.rollback_errors)
+
+
+# ----------------------------------------------------------------------- partly applied link_set
+
+
+def _half_move(env: Env, *, recover: bool) -> NetlinkError:
+    """Moves v0 into the other namespace as net1, a name a link there holds."""
+    env.run("ip", "addr", "add", "192.168.77.5/24", "dev", "v0")
+    with pytest.raises(NetlinkError) as ei:
+        nl.apply(
+            [
+                nl.sysctl("net/ipv4/conf/v1/arp_ignore", 1, ns=env.ns),
+                nl.move("v0", env.other, name="net1", mtu=1400, ns=env.ns),
+            ],
+            recover_partial=recover,
+        )
+    assert ei.value.errno_name == "EEXIST" and ei.value.step_index == 1
+    return ei.value
+
+
+def test_move_whose_rename_is_refused_is_moved_back_with_recover_partial(env: Env) -> None:
+    """The kernel moves the link, then refuses the rename (name taken in the
+    target): with recover_partial the failing step itself is undone, with what
+    the move dropped, and the target's own link keeps its name."""
+    nl.apply([nl.veth("net1", "x1", ns=env.other)])
+    before = {(lk["name"], lk["mac"], lk["up"], lk["mtu"]) for lk in nl.dump_links(env.ns)}
+    other_before = {(lk["name"], lk["mac"]) for lk in nl.dump_links(env.other)}
+    e = _half_move(env, recover=True)
+    assert e.rolled_back, e.rollback_errors
+    assert {(lk["name"], lk["mac"], lk["up"], lk["mtu"]) for lk in nl.dump_links(env.ns)} == before
+    assert "192.168.77.5/24" in {a["cidr"] for a in nl.dump_addresses(env.ns)}
+    assert {(lk["name"], lk["mac"]) for lk in nl.dump_links(env.other)} == other_before
+    assert nl.dump_sysctl("net/ipv4/conf/v1/arp_ignore", env.ns) == "0"
+
+
+def test_by_default_a_half_done_move_is_left_where_the_kernel_put_it(env: Env) -> None:
+    nl.apply([nl.veth("net1", "x1", ns=env.other)])
+    _half_move(env, recover=False)
+    assert "v0" in {lk["name"] for lk in nl.dump_links(env.other)}
+    assert "v0" not in {lk["name"] for lk in nl.dump_links(env.ns)}

@@ -142,11 +142,21 @@ struct Engine<'p> {
     snapshots: bool,
     /// Ethtool sockets, per space.
     ethtool: HashMap<usize, EthtoolConn>,
+    /// The `link_set` the kernel refused: it may have been applied in part.
+    failed: Option<Item>,
+    /// Undo the part of a refused `link_set` the kernel applied.
+    recover_partial: bool,
 }
 
 /// Executes `plan`. On failure the completed steps are undone (when `rollback`)
 /// and the error names the first failing step.
 pub fn apply(plan: &Plan, rollback: bool) -> Result<Outcome, NlError> {
+    apply_with(plan, rollback, false)
+}
+
+/// [`apply`], and with `recover_partial` the rollback also undoes what the
+/// kernel applied of a refused `link_set` (see `Engine::undo_partial`).
+pub fn apply_with(plan: &Plan, rollback: bool, recover_partial: bool) -> Result<Outcome, NlError> {
     for (i, s) in plan.steps.iter().enumerate() {
         s.op.validate()
             .map_err(|m| step_err(ErrorKind::InvalidArgument, i, &s.op, m))?;
@@ -164,6 +174,7 @@ pub fn apply(plan: &Plan, rollback: bool) -> Result<Outcome, NlError> {
     let mut eng = Engine::new(plan)?;
     // Without rollback nothing will be restored: skip the snapshot of what moves.
     eng.snapshots = rollback;
+    eng.recover_partial = recover_partial;
     eng.prepare()?;
     match eng.run() {
         Ok(()) => Ok(Outcome {
@@ -362,6 +373,8 @@ impl<'p> Engine<'p> {
             results: Vec::with_capacity(plan.steps.len()),
             done_count: 0,
             ethtool: HashMap::new(),
+            failed: None,
+            recover_partial: false,
         })
     }
 
@@ -883,6 +896,9 @@ impl<'p> Engine<'p> {
                 Reply::Err(errno, msg) => {
                     if first_err.is_none() {
                         first_err = Some(self.kernel_step_err(it.index, errno, &msg));
+                        if self.recover_partial && matches!(it.undo, Undo::Restore(_)) {
+                            self.failed = Some(it);
+                        }
                     }
                 }
                 _ => {
@@ -918,6 +934,18 @@ impl<'p> Engine<'p> {
     /// Undoes the completed steps in reverse order; returns what failed.
     fn rollback(&mut self) -> Vec<String> {
         let mut errs = Vec::new();
+        if let Some(it) = self.failed.take() {
+            if let Err(e) = self.undo_partial(&it.undo) {
+                let op = &self.plan.steps[it.index].op;
+                errs.push(format!(
+                    "undo of the part of step {} ({}{}) the kernel applied: {}",
+                    it.index,
+                    op.name(),
+                    ifname_suffix(op),
+                    e.message
+                ));
+            }
+        }
         let done = std::mem::take(&mut self.done);
         self.done_count = done.len();
         for it in done.into_iter().rev() {
@@ -966,6 +994,44 @@ impl<'p> Engine<'p> {
                 "",
             )),
         }
+    }
+
+    /// A refused `link_set` may have been applied in part: the kernel applies
+    /// its attributes one after the other, and a move happens before a rename
+    /// that then fails (the name is taken in the target namespace). Finds the
+    /// link where the step may have left it and restores what it held.
+    fn undo_partial(&mut self, u: &Undo) -> Result<(), NlError> {
+        let Undo::Restore(rs) = u else {
+            return Ok(());
+        };
+        if rs.after == rs.before {
+            // In place: the prior values of the attributes the step names.
+            return self.undo(u);
+        }
+        // Still in the source namespace: the kernel refused the move itself,
+        // which comes before every other attribute.
+        let here = self.conn(rs.before)?.link(rs.ifindex, None)?;
+        if here.is_some_and(|l| l.name == rs.prior.name && l.mac == rs.prior.mac) {
+            return Ok(());
+        }
+        // Under its own name (the rename was refused), else under the new one
+        // (a later attribute was refused). Either way it is the moved device
+        // only if it has its MAC, or the one the step gave it: a link of the
+        // target namespace holding the new name is never touched.
+        let macs = [rs.prior.mac.clone(), rs.set.mac.clone()];
+        for name in [rs.prior.name.clone(), rs.name_after.clone()] {
+            let Some(l) = self.conn(rs.after)?.link(0, Some(&name))? else {
+                continue;
+            };
+            if l.mac.is_none() || !macs.contains(&l.mac) {
+                continue;
+            }
+            return self.undo(&Undo::Restore(Box::new(Restore {
+                name_after: name,
+                ..(**rs).clone()
+            })));
+        }
+        Ok(())
     }
 
     fn ns_opt(&self, space: usize) -> Option<&NetNs> {

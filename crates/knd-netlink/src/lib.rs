@@ -32,6 +32,6 @@ pub use dump::{
     NeighInfo, RouteInfo, RuleInfo,
 };
 pub use error::{ErrorKind, NlError};
-pub use exec::{apply, encode_plan, Outcome, Plan, Step, StepResult};
+pub use exec::{apply, apply_with, encode_plan, Outcome, Plan, Step, StepResult};
 pub use plan::{Kind, LinkRef, Op};
 pub use sock::Conn;
