@@ -55,10 +55,15 @@ class Demo:
     keep: bool = False
     steps: list[Step] = field(default_factory=list)
     shown: dict[str, Any] = field(default_factory=dict)
+    _closed: bool = False
 
     def say(self, text: str) -> None:
-        if not self.as_json:
+        if self.as_json or self._closed:
+            return
+        try:
             print(text, file=self.out, flush=True)
+        except BrokenPipeError:  # `kndkit demo | head`: keep going, clean up quietly
+            self._closed = True
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[Step]:
@@ -206,8 +211,9 @@ class Demo:
             if node is not None:
                 node.stop()
         if self.as_json:
-            json.dump(self.report(), self.out, indent=2)
-            self.out.write("\n")
+            with contextlib.suppress(BrokenPipeError):
+                json.dump(self.report(), self.out, indent=2)
+                self.out.write("\n")
         else:
             self.say("\n" + self.summary())
             self.say("demo: OK" if self.ok else "demo: FAILED")

@@ -36,8 +36,8 @@ STEPS = (
 )
 
 
-def _demo(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+def _demo(*args: str, **env_over: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), **env_over}
     return subprocess.run(
         [sys.executable, "-m", "kndkit.cli", "demo", *args],
         capture_output=True,
@@ -84,3 +84,17 @@ def test_demo_json() -> None:
     assert report["host_before"] == report["host_after"]
     net1 = next(lk for lk in report["pod"]["links"] if lk["name"] == "net1")
     assert net1["addresses"] == ["192.168.77.2/24"] and net1["mtu"] == 1500
+
+
+def test_demo_failure_exits_nonzero_and_cleans_up() -> None:
+    """A driver that is not ready in time (a 1 ms limit) fails the demo: exit 1,
+    the failed step named, and nothing left behind."""
+    before = _demo_netns()
+    proc = _demo(KNDKIT_SIM_READY_TIMEOUT="0.001")
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    assert "==> start the netdev driver" in out
+    assert "FAILED" in out and "did not manage" in out
+    assert "==> publish ResourceSlices" not in out
+    assert out.rstrip().endswith("demo: FAILED")
+    assert _demo_netns() <= before
