@@ -317,19 +317,24 @@ impl EthtoolConn {
             .collect())
     }
 
-    /// The features of `dev`.
+    /// The features of `dev`, with every feature name of the kernel.
     pub fn features(&mut self, dev: Dev<'_>) -> Result<Features, NlError> {
         let names = self.strings(dev, ETH_SS_FEATURES)?;
+        Ok(Features {
+            names,
+            ..self.feature_state(dev)?
+        })
+    }
+
+    /// The feature sets of `dev` (`names` left empty: one request less).
+    pub fn feature_state(&mut self, dev: Dev<'_>) -> Result<Features, NlError> {
         let fam = self.family;
         let p = reply_data(
             self.conn
                 .request(|e, seq| encode_get(e, fam, seq, MSG_FEATURES_GET, dev))?,
             "ethtool FEATURES_GET",
         )?;
-        let mut f = Features {
-            names,
-            ..Features::default()
-        };
+        let mut f = Features::default();
         for (t, v) in wire::attrs(&p) {
             let target = match t {
                 A_FEATURES_HW => &mut f.hw,

@@ -1083,8 +1083,10 @@ impl<'p> Engine<'p> {
                 Op::Ethtool(t) if !t.features.is_empty() => {
                     if feature_names.is_none() {
                         // Feature names are the kernel's, the same for every device.
-                        let names = EthtoolConn::open(None)
-                            .and_then(|mut c| c.strings(Dev::None, ethtool::ETH_SS_FEATURES))
+                        // (read on the socket the step will use: opened once)
+                        let names = self
+                            .ethtool_conn(sp)
+                            .and_then(|c| c.strings(Dev::None, ethtool::ETH_SS_FEATURES))
                             .map_err(|e| attribute(e, i, &s.op))?;
                         feature_names = Some(names);
                     }
@@ -1126,11 +1128,9 @@ impl<'p> Engine<'p> {
                 let c = self.ethtool_conn(sp)?;
                 let mut prior_f = Vec::new();
                 if !t.features.is_empty() {
-                    let f = c.features(Dev::Index(ifindex))?;
+                    // Names were checked against the kernel's before the plan ran.
+                    let f = c.feature_state(Dev::Index(ifindex))?;
                     for (n, on) in &t.features {
-                        if !f.names.iter().any(|k| k == n) {
-                            return Err(NlError::invalid(format!("unknown ethtool feature {n:?}")));
-                        }
                         let now = f.active.contains(n);
                         if now != *on && f.fixed(n) {
                             return Err(NlError::invalid(format!(
@@ -1166,7 +1166,7 @@ impl<'p> Engine<'p> {
                 let checked = (|| -> Result<(), NlError> {
                     c.set(ethtool::MSG_PRIVFLAGS_SET, ifindex, &t.private_flags)?;
                     if !t.features.is_empty() {
-                        let f = c.features(Dev::Index(ifindex))?;
+                        let f = c.feature_state(Dev::Index(ifindex))?;
                         let off: Vec<&str> = t
                             .features
                             .iter()
