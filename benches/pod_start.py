@@ -472,6 +472,189 @@ class PodStartBench:
             )
 
 
+# --------------------------------------------------------------------------- churn
+
+
+CHURN_PHASES = ("create", "schedule", "prepare", "run", "stop", "remove", "unprepare", "delete")
+DRIVER_PHASES = ("prepare", "run", "stop", "remove", "unprepare")  # what the driver serves
+
+
+def metric_values(text: str, name: str) -> list[float]:
+    """Values of the samples of metric ``name`` in Prometheus text."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            out.append(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def ipam_lease_count(sim: Any) -> int | None:
+    """Leases in the driver's IPAM database (None: the driver has none)."""
+    import sqlite3
+
+    files = sorted(sim.workdir.glob("state-*/ipam.sqlite"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        con = sqlite3.connect(f"file:{f}?mode=ro", uri=True)
+        try:
+            total += int(con.execute("SELECT count(*) FROM ipam_leases").fetchone()[0])
+        finally:
+            con.close()
+    return total
+
+
+def leftovers(bench: PodStartBench, before: dict[str, Any]) -> dict[str, Any]:
+    """What a run left behind: host changes, pod namespaces, claims and pods in the
+    API, IPAM leases, the driver's prepared-claims and attached-pods gauges. Empty
+    when nothing leaked."""
+    sim = bench.sim
+    out: dict[str, Any] = {}
+    after = sim.snapshot()
+    changed = {k: {"before": before[k], "after": after[k]} for k in before if before[k] != after[k]}
+    if changed:
+        out["host"] = changed
+    netns = [n for n in os.listdir("/run/netns") if n.startswith(f"{sim.node_name}-pod-")]
+    if netns:
+        out["pod_netns"] = netns
+    for kind, path in (
+        ("claims", f"/apis/resource.k8s.io/v1/namespaces/{NAMESPACE}/resourceclaims"),
+        ("pods", f"/api/v1/namespaces/{NAMESPACE}/pods"),
+    ):
+        items = sim.api.request("GET", path)["items"]
+        if items:
+            out[kind] = [i["metadata"]["name"] for i in items]
+    leases = ipam_lease_count(sim)
+    if leases:
+        out["ipam_leases"] = leases
+    if bench.driver is not None and bench.driver.metrics_url:
+        text = bench.driver.metrics()
+        for m in ("kndkit_prepared_claims", "kndkit_attached_pods"):
+            vals = metric_values(text, m)
+            if any(vals):
+                out[m] = vals
+    return out
+
+
+@dataclass
+class ChurnResult:
+    driver: str
+    pods: int
+    wall_s: float = 0.0
+    phases: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in CHURN_PHASES})
+    rss_kib: list[int] = field(default_factory=list)
+    status_before: dict[str, int] = field(default_factory=dict)
+    status_after: dict[str, int] = field(default_factory=dict)
+    leaks: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        driver_s = sum(sum(self.phases[p]) for p in DRIVER_PHASES)
+        return {
+            "driver": self.driver,
+            "pods": self.pods,
+            "wall_s": self.wall_s,
+            "pods_per_s": self.pods / self.wall_s if self.wall_s else None,
+            "driver_s": driver_s,
+            "driver_pods_per_s": self.pods / driver_s if driver_s else None,
+            "phases_ms": {
+                p: {
+                    "p50": percentile(v, 0.5) * 1e3,
+                    "p99": percentile(v, 0.99) * 1e3,
+                    "mean": statistics.fmean(v) * 1e3,
+                }
+                for p, v in self.phases.items()
+                if v
+            },
+            "rss_before_kib": self.status_before.get("VmRSS"),
+            "rss_after_kib": self.status_after.get("VmRSS"),
+            "rss_max_sampled_kib": max(self.rss_kib) if self.rss_kib else None,
+            "hwm_before_kib": self.status_before.get("VmHWM"),
+            "hwm_after_kib": self.status_after.get("VmHWM"),
+            "leaks": self.leaks,
+        }
+
+
+def churn(bench: PodStartBench, driver: str, pods: int, *, sample_every: int = 10) -> ChurnResult:
+    """``pods`` pods one after the other, each started (Pod + claim created,
+    allocated, prepared, RunPodSandbox) and stopped (StopPodSandbox,
+    RemovePodSandbox, unprepared, objects deleted), on ``driver`` (after
+    :meth:`PodStartBench.setup`). Each pod is checked to hold its interface.
+    Phases are timed from Python around each simulated-node call; the driver's
+    VmRSS is sampled every ``sample_every`` pods; leftovers are collected at the
+    end (:func:`leftovers`)."""
+    sim = bench.sim
+    assert bench.driver is not None
+    pid = bench.driver.pid
+    res = ChurnResult(driver, pods)
+    before = sim.snapshot()
+    res.status_before = proc_status(pid)
+    want = "net0" if driver == "netdev" else "net1"
+    ph = res.phases
+    t_start = time.perf_counter()
+    for i in range(pods):
+        bench._seq += 1
+        name = f"ch{bench._seq}"
+        t0 = time.perf_counter()
+        claim = bench._claim_for(driver, 1, name)
+        pod = sim.new_pod(name, claims=[claim])
+        t1 = time.perf_counter()
+        sim.schedule(pod)
+        t2 = time.perf_counter()
+        sim.prepare(pod)
+        t3 = time.perf_counter()
+        sim.run_pod(pod)
+        t4 = time.perf_counter()
+        names = {lk["name"] for lk in sim.pod_links(pod)}
+        if want not in names:
+            raise AssertionError(f"pod {pod.ref}: links {sorted(names)} lack {want}")
+        t5 = time.perf_counter()
+        sim.stop_pod(pod)
+        t6 = time.perf_counter()
+        sim.remove_pod(pod)
+        t7 = time.perf_counter()
+        sim.unprepare(pod)
+        t8 = time.perf_counter()
+        sim._delete_pod_objects(pod)  # what delete_pod does after unprepare
+        t9 = time.perf_counter()
+        for p, d in zip(
+            CHURN_PHASES,
+            (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t6 - t5, t7 - t6, t8 - t7, t9 - t8),
+            strict=True,
+        ):
+            ph[p].append(d)
+        if i % sample_every == 0 or i == pods - 1:
+            res.rss_kib.append(proc_status(pid)["VmRSS"])
+    res.wall_s = time.perf_counter() - t_start
+    res.status_after = proc_status(pid)
+    res.leaks = leftovers(bench, before)
+    return res
+
+
+def churn_table(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    rows = [
+        "| driver | pods | pods/s (whole cycle) | pods/s (driver calls only) | prepare p50 "
+        "| RunPodSandbox p50 | StopPodSandbox p50 | unprepare p50 | allocate p50 "
+        "| RSS before -> after (MiB) | VmHWM (MiB) | leaks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def mib(v: Any) -> str:
+        return "-" if v is None else f"{v / 1024:.1f}"
+
+    for s in summaries:
+        p = s["phases_ms"]
+        rows.append(
+            f"| {s['driver']} | {s['pods']} | {s['pods_per_s']:.2f} "
+            f"| {s['driver_pods_per_s']:.2f} | {p['prepare']['p50']:.2f} ms "
+            f"| {p['run']['p50']:.2f} ms | {p['stop']['p50']:.2f} ms "
+            f"| {p['unprepare']['p50']:.2f} ms | {p['schedule']['p50']:.2f} ms "
+            f"| {mib(s['rss_before_kib'])} -> {mib(s['rss_after_kib'])} "
+            f"| {mib(s['hwm_after_kib'])} | {'none' if not s['leaks'] else s['leaks']} |"
+        )
+    return rows
+
+
 def run(
     drivers: Sequence[str] = DRIVERS,
     counts: Sequence[int] = COUNTS,
