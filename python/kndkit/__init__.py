@@ -17,7 +17,13 @@ The public API is re-exported here and nowhere else:
   :class:`ClaimReader`, :class:`ClaimStatusWriter`, :func:`new_api_client`;
 * the crash-safe store (:mod:`kndkit.state`): :class:`StateStore`;
 * NRI (:mod:`kndkit.nri`): :class:`NRIPlugin` (``kndkit.nri.Plugin``) and the
-  typed :class:`Pod`, :class:`Container`, :class:`ContainerAdjustment`.
+  typed :class:`Pod`, :class:`Container`, :class:`ContainerAdjustment`;
+* the driver framework (:mod:`kndkit.driver`): :class:`NetworkDriver`,
+  :class:`DriverOptions`, :func:`run`; device sources (:mod:`kndkit.sources`):
+  :class:`NodeDevice`, :class:`Netdevs`, :class:`RdmaLinks`; plans
+  (:mod:`kndkit.plan`): :class:`InterfacePlan`, :class:`HostState` and their parts;
+  node-local IPAM (:mod:`kndkit.ipam`): :class:`Ipam`; the DraNet-compatible
+  per-claim configuration :class:`NetdevConfig`.
 
 The protocol layers (DRA, Kubernetes, NRI, state) load on first use, so that
 ``import kndkit`` for netlink work does not pay for grpc and the Kubernetes
@@ -62,7 +68,8 @@ from kndkit.errors import (
 from kndkit.netlink import apply
 
 if TYPE_CHECKING:
-    from kndkit import dra, k8s, nri, state
+    from kndkit import dra, driver, ipam, k8s, nri, plan, state
+    from kndkit.config import NetdevConfig
     from kndkit.dra import (
         ClaimRef,
         DeviceHealth,
@@ -75,6 +82,8 @@ if TYPE_CHECKING:
         UnprepareResult,
     )
     from kndkit.dra.service import ClaimPreparer, ClaimService, PreparedClaim
+    from kndkit.driver import DriverOptions, NetworkDriver, PlanContext, PlanStep, run
+    from kndkit.ipam import Ipam, IpamError, IpamExhausted, Lease
     from kndkit.k8s import (
         AllocatedDevice,
         Claim,
@@ -89,7 +98,27 @@ if TYPE_CHECKING:
     )
     from kndkit.nri import Container, ContainerAdjustment, LinuxDevice, Pod
     from kndkit.nri import Plugin as NRIPlugin
-    from kndkit.state import ClaimPhase, ClaimRecord, StateError, StateStore
+    from kndkit.plan import (
+        AttachResult,
+        CharDevice,
+        DetachResult,
+        HostState,
+        InterfacePlan,
+        Neighbor,
+        RdmaPlan,
+        Route,
+        Rule,
+        Vrf,
+    )
+    from kndkit.sources import DeviceSource, DiscoveryContext, Netdevs, NodeDevice, RdmaLinks
+    from kndkit.state import (
+        AttachmentRecord,
+        AttachPhase,
+        ClaimPhase,
+        ClaimRecord,
+        StateError,
+        StateStore,
+    )
 
 # name -> (module, attribute); attribute None means the module itself.
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -129,7 +158,45 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     },
     **{n: ("kndkit.nri", n) for n in ("Container", "ContainerAdjustment", "LinuxDevice", "Pod")},
     "NRIPlugin": ("kndkit.nri", "Plugin"),
-    **{n: ("kndkit.state", n) for n in ("ClaimPhase", "ClaimRecord", "StateError", "StateStore")},
+    **{
+        n: ("kndkit.state", n)
+        for n in (
+            "AttachPhase",
+            "AttachmentRecord",
+            "ClaimPhase",
+            "ClaimRecord",
+            "StateError",
+            "StateStore",
+        )
+    },
+    "driver": ("kndkit.driver", None),
+    "plan": ("kndkit.plan", None),
+    "ipam": ("kndkit.ipam", None),
+    **{
+        n: ("kndkit.driver", n)
+        for n in ("DriverOptions", "NetworkDriver", "PlanContext", "PlanStep", "run")
+    },
+    **{
+        n: ("kndkit.sources", n)
+        for n in ("DeviceSource", "DiscoveryContext", "Netdevs", "NodeDevice", "RdmaLinks")
+    },
+    **{
+        n: ("kndkit.plan", n)
+        for n in (
+            "AttachResult",
+            "CharDevice",
+            "DetachResult",
+            "HostState",
+            "InterfacePlan",
+            "Neighbor",
+            "RdmaPlan",
+            "Route",
+            "Rule",
+            "Vrf",
+        )
+    },
+    **{n: ("kndkit.ipam", n) for n in ("Ipam", "IpamError", "IpamExhausted", "Lease")},
+    "NetdevConfig": ("kndkit.config", "NetdevConfig"),
 }
 
 
@@ -151,6 +218,10 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AllocatedDevice",
+    "AttachPhase",
+    "AttachResult",
+    "AttachmentRecord",
+    "CharDevice",
     "Claim",
     "ClaimError",
     "ClaimPhase",
@@ -164,41 +235,66 @@ __all__ = [
     "Container",
     "ContainerAdjustment",
     "DRAHandler",
+    "DetachResult",
     "Device",
     "DeviceHealth",
+    "DeviceSource",
     "DeviceStatus",
     "Discovery",
+    "DiscoveryContext",
+    "DriverOptions",
     "HealthSource",
     "HealthStatus",
+    "HostState",
+    "InterfacePlan",
     "InvalidArgument",
+    "Ipam",
+    "IpamError",
+    "IpamExhausted",
     "KndError",
     "KubeletPlugin",
+    "Lease",
     "LinuxDevice",
     "NRIPlugin",
     "NamespaceError",
+    "Neighbor",
     "NetDevice",
     "NetNs",
+    "NetdevConfig",
+    "Netdevs",
     "NetlinkError",
+    "NetworkDriver",
+    "NodeDevice",
     "NotAvailable",
+    "PlanContext",
+    "PlanStep",
     "Pod",
     "PrepareResult",
     "PreparedClaim",
     "PreparedDevice",
     "RdmaDevice",
+    "RdmaLinks",
+    "RdmaPlan",
+    "Route",
+    "Rule",
     "SlicePublisher",
     "StateError",
     "StateStore",
     "UnprepareResult",
+    "Vrf",
     "__version__",
     "apply",
     "devices_from_discovery",
     "discover",
     "dra",
+    "driver",
+    "ipam",
     "k8s",
     "netlink",
     "new_api_client",
     "nri",
     "parse_config",
+    "plan",
     "rdma_available",
     "rdma_get_netns_mode",
     "rdma_links",
@@ -206,6 +302,7 @@ __all__ = [
     "rdma_rename",
     "rdma_set_netns_mode",
     "resource_slices",
+    "run",
     "state",
     "validate_device",
     "verbs_available",
