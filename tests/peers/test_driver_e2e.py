@@ -1,4 +1,4 @@
-"""The hello driver end to end, as a process (``python -m kndkit.cli run hello``),
+"""The hello driver end to end, as a process (``python -m kndkit run hello``),
 against the real peers only: the kube-apiserver, the scheduler's allocator, the
 kubelet harness (DRA) and the NRI runtime harness (containerd's adaptation).
 
@@ -124,7 +124,7 @@ class Node:
             argv = [
                 sys.executable,
                 "-m",
-                "kndkit.cli",
+                "kndkit",
                 "--log-level",
                 "debug",
                 "run",
@@ -521,7 +521,7 @@ def test_two_drivers_side_by_side_one_pod(node: Node) -> None:
             argv = [
                 sys.executable,
                 "-m",
-                "kndkit.cli",
+                "kndkit",
                 "run",
                 f"{spec}:{cls_name}",
                 "--host-netns",

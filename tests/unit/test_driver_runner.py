@@ -141,7 +141,7 @@ def test_driver_file_entry_point_help() -> None:
 
 def test_kndkit_run_bad_driver_is_a_clean_error() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "kndkit.cli", "run", "nosuch", "--node-name", "n"],
+        [sys.executable, "-m", "kndkit", "run", "nosuch", "--node-name", "n"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -149,3 +149,15 @@ def test_kndkit_run_bad_driver_is_a_clean_error() -> None:
     )
     assert out.returncode == 1
     assert "nosuch" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_python_dash_m_kndkit() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "kndkit", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--host-netns" in out.stdout and "--node-name" in out.stdout
