@@ -1,0 +1,234 @@
+"""Memory of a running driver daemon with 1,024 published devices (issue 6, section 7.3).
+
+Each figure is ``VmRSS`` / ``VmHWM`` from ``/proc/<pid>/status`` of the process
+itself (``kndkit run <driver>`` is exec'd by ``setpriv``, so the pid is the
+Python interpreter's), on one :class:`kndkit.testing.SimulatedNode`:
+
+* ``macvlan`` with ``slots=1024`` on one parent NIC: 1,024 devices discovered,
+  held and published, idle (after the publication settled, ``SETTLE_S``); then
+  the peak (VmHWM) and the RSS after ``KNDKIT_RSS_CHURN_PODS`` pods (default 50)
+  went through prepare/RunPodSandbox/StopPodSandbox/unprepare on that same
+  driver (:func:`benches.pod_start.churn`, leak-checked). This is the cheaper
+  set-up: one NIC, the devices are slots.
+* ``netdev`` on 1,024 veths in the host namespace (``--set filter=true``; peers
+  in the fabric namespace, down): the same count of devices, each a real link the
+  driver discovers over netlink and sysfs - the heavier, DraNet-like case.
+* the Go reference driver (``tests/peers`` ``ref-driver --publish-devices 1024``,
+  the upstream ``kubeletplugin`` helper publishing 1,024 devices through
+  ``PublishResources``) against the same apiserver and kubelet harness: the
+  anchor.
+* a fresh interpreter that only imports what the driver process imports (kndkit's
+  driver, runner and example modules, grpc, the kubernetes asyncio client,
+  prometheus_client, pydantic): the part of the RSS that is Python and its
+  libraries before any work.
+
+Target: kndkit's idle RSS with 1,024 devices < 60 MB. Reported in ``extra_info``
+(kind ``driver_rss``, ``rows``; ``benches/driver_report.py`` prints them); no
+assertion about the sizes. With ``--benchmark-disable`` the churn is 5 pods.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from benches import env, pod_start
+from benches.conftest import rounds
+
+DEVICES = 1024
+CHURN_PODS = int(os.environ.get("KNDKIT_RSS_CHURN_PODS", "50"))
+SETTLE_S = float(os.environ.get("KNDKIT_RSS_SETTLE_S", "5"))
+TARGET_MB = 60.0
+VETH_GROUP = 4244
+IMPORTS = (
+    "import kndkit, kndkit.cli, kndkit.runner, kndkit.driver, kndkit.sources, kndkit.plan, "
+    "kndkit.state, kndkit.metrics, kndkit.examples.macvlan, kndkit.examples.netdev, grpc, "
+    "kubernetes.aio.client, kubernetes.aio.watch, prometheus_client, pydantic"
+)
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[pod_start.PodStartBench]:
+    # counts=(DEVICES,): the macvlan driver gets DEVICES slots
+    with pod_start.PodStartBench.start((DEVICES,), random.Random()) as b:
+        yield b
+
+
+def settled_status(pid: int, settle_s: float = SETTLE_S) -> dict[str, int]:
+    """Wait ``settle_s`` (publication and start-up work done), then read status
+    three times 0.5 s apart; the last reading, with the largest VmRSS seen."""
+    time.sleep(settle_s)
+    seen = []
+    for _ in range(3):
+        seen.append(pod_start.proc_status(pid))
+        time.sleep(0.5)
+    return {**seen[-1], "VmRSS_max": max(s["VmRSS"] for s in seen)}
+
+
+def row(what: str, status: dict[str, int], **extra: Any) -> dict[str, Any]:
+    rss = status["VmRSS"] / 1024
+    return {
+        "what": what,
+        "rss_mib": rss,
+        "hwm_mib": status["VmHWM"] / 1024,
+        "rss_mb": status["VmRSS"] * 1024 / 1e6,
+        "meets_target": status["VmRSS"] * 1024 / 1e6 < TARGET_MB,
+        **extra,
+    }
+
+
+def record(benchmark: Any, rows: list[dict[str, Any]], **extra: Any) -> None:
+    benchmark.extra_info.update(kind="driver_rss", target_mb=TARGET_MB, rows=rows, **extra)
+    print()
+    for r in rows:
+        print(f"{r['what']}: VmRSS {r['rss_mib']:.1f} MiB, VmHWM {r['hwm_mib']:.1f} MiB")
+
+
+def test_rss_macvlan_1024_idle_and_churn(benchmark: Any, bench: pod_start.PodStartBench) -> None:
+    pods = 5 if benchmark.disabled else rounds(CHURN_PODS)
+    # the same driver with 8 slots first: what does not grow with the devices
+    bench.max_n = 8
+    try:
+        bench.setup("macvlan")
+    finally:
+        bench.max_n = DEVICES
+    assert bench.driver is not None
+    bench.sim.wait_devices(bench.driver.name, at_least=8)
+    few = settled_status(bench.driver.pid)
+    bench.setup("macvlan")
+    assert bench.driver is not None
+    names = bench.sim.wait_devices(bench.driver.name, at_least=DEVICES, timeout=120)
+    assert len(names) == DEVICES
+    idle = settled_status(bench.driver.pid)
+    box: dict[str, pod_start.ChurnResult] = {}
+
+    def run() -> None:
+        box["r"] = pod_start.churn(bench, "macvlan", pods)
+
+    benchmark.group = "driver_rss"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    res = box["r"]
+    after = pod_start.proc_status(bench.driver.pid)
+    rows = [
+        row("kndkit macvlan, 8 slots published, idle", few),
+        row(f"kndkit macvlan, {DEVICES} slots published, idle", idle),
+        row(
+            f"kndkit macvlan, {DEVICES} slots, after {pods} pods churned",
+            after,
+            peak_rss_sampled_mib=max(res.rss_kib) / 1024,
+        ),
+    ]
+    record(benchmark, rows, churn=res.summary())
+    assert not res.leaks, res.leaks
+    assert "Traceback" not in bench.driver.logs(), bench.driver.logs(4000)
+
+
+def test_rss_netdev_1024_veths(benchmark: Any, bench: pod_start.PodStartBench) -> None:
+    sim = bench.sim
+    bench.stop_driver()
+    host, fabric = os.path.basename(sim.host_netns), os.path.basename(sim.fabric_netns)
+    env.ip_batch(
+        host,
+        (
+            f"link add kv{i} group {VETH_GROUP} type veth peer name kf{i} netns {fabric}"
+            for i in range(DEVICES)
+        ),
+    )
+    try:
+        box: dict[str, Any] = {}
+
+        def start() -> None:
+            box["d"] = sim.start_driver("netdev", params={"filter": "true"})
+            box["names"] = sim.wait_devices(box["d"].name, at_least=DEVICES, timeout=180)
+
+        benchmark.group = "driver_rss"
+        benchmark.pedantic(start, rounds=1, iterations=1)  # start + discover + publish
+        drv = box["d"]
+        bench.driver = drv  # stopped with the bench (or the next setup)
+        idle = settled_status(drv.pid)
+        n = len(box["names"])
+        record(benchmark, [row(f"kndkit netdev, {n} veths published, idle", idle, devices=n)])
+        assert "Traceback" not in drv.logs(), drv.logs(4000)
+    finally:
+        bench.stop_driver()
+        env.ip("-n", host, "link", "del", "group", str(VETH_GROUP), check=False)
+
+
+def test_rss_go_ref_driver_1024(benchmark: Any, bench: pod_start.PodStartBench) -> None:
+    from kndkit.testing import peers
+    from kndkit.testing.kubelet import start_ref_driver
+
+    sim = bench.sim
+    bench.stop_driver()
+    bins = peers.ensure(("kubelet",))
+    box: dict[str, Any] = {}
+
+    def start() -> None:
+        box["d"] = start_ref_driver(
+            bins,
+            sim.kubelet,
+            f"ref-rss{os.getpid() % 100000}.kndkit.test",
+            kubeconfig=sim.kubeconfig,
+            publish_devices=DEVICES,
+        )
+        box["ev"] = box["d"].wait_event("publishing", timeout=60)
+
+    benchmark.group = "driver_rss"
+    try:
+        benchmark.pedantic(start, rounds=1, iterations=1)
+        ref = box["d"]
+        sim.wait_devices(ref.driver, at_least=DEVICES, timeout=120)
+        idle = settled_status(ref.popen.pid)
+        record(benchmark, [row(f"Go ref-driver (kubeletplugin), {DEVICES} published", idle)])
+    finally:
+        if "d" in box:
+            p = box["d"].popen
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(15)
+
+
+def _import_status(code: str) -> dict[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nprint(open('/proc/self/status').read())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    status = {}
+    for line in out.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            status[key] = int(rest.split()[0])
+    return status
+
+
+def test_rss_python_imports(benchmark: Any) -> None:
+    """Fresh interpreters: bare, with single heavy imports, with everything the
+    driver imports (nothing done)."""
+    cases = [
+        ("python, bare", "pass"),
+        ("python + kndkit (package, native core)", "import kndkit"),
+        ("python + grpc", "import grpc"),
+        ("python + kubernetes.aio.client", "import kubernetes.aio.client"),
+        ("python + the driver's imports (no work)", IMPORTS),
+    ]
+    box: dict[str, dict[str, int]] = {}
+
+    def run() -> None:
+        for what, code in cases:
+            box[what] = _import_status(code)
+
+    benchmark.group = "driver_rss"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    record(benchmark, [row(what, box[what]) for what, _ in cases])
