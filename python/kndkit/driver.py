@@ -65,9 +65,10 @@ from kndkit.k8s.client import new_api_client
 from kndkit.k8s.errors import ConfigError
 from kndkit.k8s.publisher import SlicePublisher
 from kndkit.k8s.status import ClaimStatusWriter, DeviceStatus
-from kndkit.nri.model import Container, ContainerAdjustment, LinuxDevice, Pod
+from kndkit.nri.model import Container, ContainerAdjustment, Pod
 from kndkit.nri.plugin import Plugin
 from kndkit.plan import InterfacePlan, attach, detach
+from kndkit.rdma import adjustment_for
 from kndkit.sources import DeviceSource, DiscoveryContext, Netdevs, NodeDevice
 from kndkit.state import (
     AttachmentRecord,
@@ -285,25 +286,12 @@ class NetworkDriver:
         """The container adjustment for a new container of a pod with attached plans.
 
         Defining it in a subclass subscribes the driver to CreateContainer. The
-        default (used when ``inject_devices`` is true) injects every plan's RDMA
-        character devices.
+        default (used when ``inject_devices`` is true) injects the plans' RDMA
+        character devices, each path once (``rdma_cm`` is shared by every RDMA
+        device), owned by the container's user when the plan names no owner
+        (:func:`kndkit.rdma.adjustment_for`).
         """
-        adj = ContainerAdjustment()
-        for plan in plans:
-            if plan.rdma is None:
-                continue
-            for cd in plan.rdma.char_devices:
-                adj.add_device(
-                    LinuxDevice(
-                        path=cd.path,
-                        type=cd.type,
-                        major=cd.major,
-                        minor=cd.minor,
-                        file_mode=cd.file_mode,
-                        uid=cd.uid,
-                        gid=cd.gid,
-                    )
-                )
+        adj = adjustment_for(plans, container=container)
         return None if adj.is_empty() else adj
 
     def health(self, device: NodeDevice) -> tuple[HealthStatus, str]:

@@ -491,3 +491,38 @@ async def test_default_injection_of_rdma_char_devices(host: Host) -> None:
     ]
     # A pod without an attachment gets nothing.
     assert await plugin.create_container(_pod("/run/netns/y", uid="other"), ctr) is None
+
+
+async def test_default_injection_adds_shared_rdma_cm_once(host: Host) -> None:
+    """Two RDMA devices in one pod share /dev/infiniband/rdma_cm: the runtime
+    refuses an adjustment that sets one path twice."""
+
+    class Declared(Hello):
+        name = "declared.kndkit.test"
+        inject_devices = True
+
+    d = Declared(_options(host))
+    cm = CharDevice("/dev/infiniband/rdma_cm", major=10, minor=123, file_mode=0o666)
+    plans = [
+        InterfacePlan(
+            device=f"ib{i}",
+            kind="rdma",
+            rdma=RdmaPlan(
+                device=f"mlx5_{i}",
+                char_devices=(
+                    CharDevice(f"/dev/infiniband/uverbs{i}", major=231, minor=192 + i),
+                    cm,
+                ),
+            ),
+        )
+        for i in range(2)
+    ]
+    ctr = Container(id="c1", pod_sandbox_id="sb", name="c")
+    adj = await d.on_create_container(_pod("/run/netns/x"), ctr, plans)
+    assert adj is not None
+    assert sorted(x.path for x in adj.devices) == [
+        "/dev/infiniband/rdma_cm",
+        "/dev/infiniband/uverbs0",
+        "/dev/infiniband/uverbs1",
+    ]
+    assert await d.on_create_container(_pod("/run/netns/x"), ctr, [InterfacePlan.move("eth", "eth0")]) is None
