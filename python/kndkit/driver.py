@@ -6,7 +6,9 @@ what differs (``plan`` most often). :meth:`NetworkDriver.run` wires everything::
 
     discovery (host netns) --sources--> devices --SlicePublisher--> ResourceSlices
     NodePrepareResources  --ClaimService--> prepare_claim: merge_config ->
-        parse_config -> plan() -> steps -> plans persisted (claim PREPARED)
+        parse_config -> plan() -> steps (one worker thread per claim) ->
+        pod-side interface names checked (within the claim and against the
+        pod's other prepared claims) -> plans persisted (claim PREPARED)
     NRI RunPodSandbox      --> attachment ATTACHING persisted -> kndkit.plan.attach
         (one native call) -> ATTACHED -> claim status (networkData), async
     NRI CreateContainer    --> on_create_container (or RDMA char devices)
@@ -465,7 +467,30 @@ class NetworkDriver:
         plans: list[InterfacePlan],
         prepared: list[PreparedDevice],
     ) -> None:
-        """Fills ``plans`` and ``prepared`` device by device (see prepare_claim)."""
+        """Fills ``plans`` and ``prepared`` device by device (see prepare_claim).
+
+        Planning runs off the event loop, in one worker thread per claim: plan
+        steps dump netlink state, capture the host side of a move, and a driver's
+        ``plan()`` may do blocking work of its own (an IPAM commit...)."""
+        await asyncio.to_thread(self._plan_claim_blocking, claim, label, plans, prepared)
+        _check_pod_names(label, plans, [])
+        for pod in claim.pods:
+            others = [
+                p
+                for rec in self._claims_of_pods([pod.uid], exclude=claim.uid)
+                for p in self._plans_of(rec.plans)
+            ]
+            if others:
+                _check_pod_names(label, plans, others)
+
+    def _plan_claim_blocking(
+        self,
+        claim: Claim,
+        label: str,
+        plans: list[InterfacePlan],
+        prepared: list[PreparedDevice],
+    ) -> None:
+        """The blocking part of :meth:`_plan_claim` (runs in a worker thread)."""
         pod_uid = claim.pods[0].uid if len(claim.pods) == 1 else ""
         for alloc in claim.devices:
             if alloc.pool != self.options.node_name:
@@ -500,7 +525,7 @@ class NetworkDriver:
                 plan = step.apply(plan, cfg, nd, ctx)
             if plan.kind == "move" and plan.host is None:
                 # The exact host-side state detach restores, taken now.
-                plan = await asyncio.to_thread(plan.capture_host, self.host_ns)
+                plan = plan.capture_host(self.host_ns)
             plans.append(plan)
             prepared.append(
                 PreparedDevice(
@@ -545,6 +570,20 @@ class NetworkDriver:
         if lock is None:
             lock = self._pod_locks[pod_uid] = asyncio.Lock()
         return lock
+
+    def _claims_of_pods(self, pod_uids: Sequence[str], *, exclude: str = "") -> list[ClaimRecord]:
+        """Prepared claims (other than the one with uid ``exclude``) reserved for
+        any of ``pod_uids``."""
+        if not pod_uids:
+            return []
+        wanted = set(pod_uids)
+        return [
+            rec
+            for rec in self.open_store().list()
+            if rec.phase is ClaimPhase.PREPARED
+            and rec.uid != exclude
+            and wanted.intersection(rec.pod_uids)
+        ]
 
     def _claims_of_pod(self, pod_uid: str) -> list[ClaimRecord]:
 
@@ -996,6 +1035,33 @@ class _MeteredHandler:
         if method == "NodeUnprepareResources":
             self.driver.request_rescan()  # devices no longer in use may be gone
         return out
+
+
+def _check_pod_names(
+    label: str, plans: Sequence[InterfacePlan], others: Sequence[InterfacePlan]
+) -> None:
+    """Refuses two plans naming the same interface inside the pod: among
+    ``plans`` (one claim), or between them and ``others`` (the plans of the
+    other claims prepared for the same pod). RDMA-only plans make no interface."""
+    seen: dict[str, tuple[InterfacePlan, str]] = {}
+    for plan, origin in [
+        *((p, "another claim of the pod") for p in others),
+        *((p, "this claim") for p in plans),
+    ]:
+        if plan.kind == "rdma":
+            continue
+        if plan.name not in seen:
+            seen[plan.name] = (plan, origin)
+            continue
+        prev, where = seen[plan.name]
+        raise ConfigError(
+            f"{label}: devices {prev.device} and {plan.device} would both be named "
+            f"{plan.name!r} in the pod ({prev.device} from {where}); give each its own "
+            "interface name",
+            field="",
+            claim=label.removeprefix("claim "),
+            device=plan.device,
+        )
 
 
 def _make_nri_plugin(driver: NetworkDriver) -> Any:

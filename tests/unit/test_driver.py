@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +274,78 @@ async def test_merge_config_gets_layers_class_first(host: Host) -> None:
     assert out.plans[0]["name"] == "eth2"
 
 
+def _claim_of(
+    name: str,
+    devices: Sequence[str],
+    *,
+    pod: str = "pod-uid-0",
+    config: dict[str, Any] | None = None,
+) -> Claim:
+    """A claim of several devices (one request each), reserved for pod ``pod``."""
+    return Claim(
+        namespace="ns",
+        name=name,
+        uid=f"uid-{name}",
+        pods=(PodRef("ns", pod, pod),),
+        devices=tuple(
+            AllocatedDevice(
+                request=f"r{i}",
+                pool=NODE,
+                device=dev,
+                config=config or {},
+                claim=f"ns/{name}",
+                config_layers=(config,) if config else (),
+            )
+            for i, dev in enumerate(devices)
+        ),
+        resource_version="1",
+    )
+
+
+async def test_planning_runs_off_the_loop_in_one_thread_per_claim(host: Host) -> None:
+    threads: list[int] = []
+
+    class Recording(Hello):
+        name = "recording.kndkit.test"
+
+        def plan(self, device: NodeDevice, config: Any, ctx: PlanContext) -> InterfacePlan:
+            threads.append(threading.get_ident())
+            return InterfacePlan.move(device.name, device.ifname or "", name=f"e{len(threads)}")
+
+    d = Recording(_options(host))
+    await d.rescan()
+    out = await d.prepare_claim(_claim_of("two", host.nics))
+    assert [p["name"] for p in out.plans] == ["e1", "e2"]
+    assert len(threads) == 2 and threads[0] == threads[1]
+    assert threads[0] != threading.get_ident()  # not the event loop's thread
+
+
+async def test_duplicate_pod_interface_names_refused_at_prepare(host: Host) -> None:
+    released: list[list[str]] = []
+
+    class Releasing(Hello):
+        name = "releasing.kndkit.test"
+
+        async def release(self, plans: Sequence[InterfacePlan], record: ClaimRecord) -> None:
+            released.append([p.device for p in plans])
+
+    d = Releasing(_options(host))
+    await d.rescan()
+    a, b = host.nics
+    # Two devices of one claim with the same name (a class config naming both).
+    with pytest.raises(ConfigError, match=f"{a} and {b} would both be named 'eth5'"):
+        await d.prepare_claim(_claim_of("same", host.nics, config={"name": "eth5"}))
+    assert released == [[a, b]]
+    # Against a claim already prepared for the same pod.
+    await _prepare(d, _claim_of("first", [a]))
+    with pytest.raises(ConfigError, match=f"{a} and {b} would both be named 'net1'") as ei:
+        await d.prepare_claim(_claim_of("second", [b]))
+    assert "another claim of the pod" in str(ei.value) and ei.value.device == b
+    # Another pod, or another name, is fine.
+    await d.prepare_claim(_claim_of("other-pod", [b], pod="pod-uid-9"))
+    await d.prepare_claim(_claim_of("renamed", [b], config={"name": "net2"}))
+
+
 # --------------------------------------------------------------------------- attach / detach
 
 
@@ -525,4 +598,7 @@ async def test_default_injection_adds_shared_rdma_cm_once(host: Host) -> None:
         "/dev/infiniband/uverbs0",
         "/dev/infiniband/uverbs1",
     ]
-    assert await d.on_create_container(_pod("/run/netns/x"), ctr, [InterfacePlan.move("eth", "eth0")]) is None
+    assert (
+        await d.on_create_container(_pod("/run/netns/x"), ctr, [InterfacePlan.move("eth", "eth0")])
+        is None
+    )
