@@ -23,7 +23,7 @@ step "lint: Python (ruff check, ruff format, mypy --strict)"
 .venv/bin/mypy
 
 step "lint: Go test peers (gofmt)"
-unformatted=$(gofmt -l tests/peers)
+unformatted=$(gofmt -l tests/peers python/kndkit/testing/peers)
 if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
 
 step "Rust tests"
