@@ -84,11 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_discover)
 
     for module in ("kndkit.runner", "kndkit.manifests", "kndkit.demo"):
-        try:
-            importlib.import_module(module).add_parser(sub)
-        except ModuleNotFoundError as e:  # INTEGRATION: made strict once all three exist
-            if e.name != module:
-                raise
+        importlib.import_module(module).add_parser(sub)
+    # The logging options are accepted after the subcommand too
+    # (``kndkit run netdev --log-format json``); there they override.
+    for sp in sub.choices.values():
+        sp.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS)
+        sp.add_argument("--log-level", default=argparse.SUPPRESS)
     return p
 
 

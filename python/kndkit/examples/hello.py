@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kndkit.driver import NetworkDriver, PlanContext, run
-from kndkit.plan import InterfacePlan
-from kndkit.sources import Netdevs, NodeDevice
+from kndkit import InterfacePlan, Netdevs, NetworkDriver, NodeDevice, PlanContext, run
 
 
 class Hello(NetworkDriver):
