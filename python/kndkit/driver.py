@@ -31,9 +31,10 @@ An attach that finishes after the NRI plugin failed its request (the runtime's
 deadline was near) is undone at once: the runtime has given up on that pod.
 
 Devices: discovery runs in the host namespace on start, every
-``rescan_interval`` seconds, after each unprepare, and when prepare meets a
-device it does not know. A device moved into a pod stays published (as last
-seen) while a prepared claim holds it.
+``rescan_interval`` seconds, when a link of the host namespace is added,
+removed or changed (rate-limited, see :meth:`NetworkDriver.watch_links`), after
+each unprepare, and when prepare meets a device it does not know. A device
+moved into a pod stays published (as last seen) while a prepared claim holds it.
 
 Everything is keyed by the driver name (state directory, sockets, the NRI
 plugin name), so several drivers run side by side on one node.
@@ -71,7 +72,7 @@ from kndkit.nri.model import Container, ContainerAdjustment, Pod
 from kndkit.nri.plugin import Plugin
 from kndkit.plan import InterfacePlan, attach, detach
 from kndkit.rdma import adjustment_for
-from kndkit.sources import DeviceSource, DiscoveryContext, Netdevs, NodeDevice
+from kndkit.sources import DeviceSource, DiscoveryContext, LinkEvents, Netdevs, NodeDevice
 from kndkit.state import (
     AttachmentRecord,
     AttachPhase,
@@ -93,6 +94,9 @@ log = logging.getLogger("kndkit.driver")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 #: How long a graceful stop waits for NRI hooks in flight.
 STOP_GRACE_S = 10.0
+#: Rescans on link notifications: this many at once, then one per interval (DraNet's).
+LINK_EVENT_BURST = 5
+LINK_EVENT_INTERVAL_S = 2.0
 
 
 @dataclass
@@ -207,6 +211,7 @@ class NetworkDriver:
         self._kubelet: Any = None
         self._observability: Any = None
         self._api: Any = None
+        self._link_events: LinkEvents | None = None
         self.first_publish_done = False
         self.nri_synchronized = False
 
@@ -897,6 +902,7 @@ class NetworkDriver:
             self._nri = _make_nri_plugin(self)
             self._spawn(self._run_nri(), "nri")
             self._spawn(self._rescan_loop(), "rescan")
+            self.watch_links()
             log.info("driver %s running", name)
             await self._stop_event.wait()
         finally:
@@ -920,6 +926,34 @@ class NetworkDriver:
             except Exception as e:
                 log.warning("driver %s: rescan failed: %s", self.driver_name, e)
 
+    def watch_links(self) -> LinkEvents | None:
+        """Rescans when links of the host namespace are added, removed or changed
+        (rtnetlink notifications read on the loop; at most ``LINK_EVENT_BURST``
+        rescans at once, then one every ``LINK_EVENT_INTERVAL_S`` seconds), besides
+        the periodic rescan. Without notifications (the socket cannot be opened)
+        only the periodic rescan remains: logged, not an error. Call on the loop."""
+        if self._link_events is not None:
+            return self._link_events
+        events = LinkEvents(
+            self.host_ns,
+            self.request_rescan,
+            interval=LINK_EVENT_INTERVAL_S,
+            burst=LINK_EVENT_BURST,
+        )
+        try:
+            events.start()
+        except Exception as e:
+            log.warning(
+                "driver %s: no link notifications (%s); rescanning every %.0f s only",
+                self.driver_name,
+                e,
+                self.options.rescan_interval,
+            )
+            metrics.ERRORS.labels(self.driver_name, "discovery", type(e).__name__).inc()
+            return None
+        self._link_events = events
+        return events
+
     async def stop(self) -> None:
         """Asks :meth:`run` to return (graceful: waits for NRI hooks in flight)."""
         if self._stop_event is not None:
@@ -940,6 +974,9 @@ class NetworkDriver:
         if self.publisher is not None:
             with contextlib.suppress(Exception):
                 await self.publisher.stop()
+        if self._link_events is not None:
+            self._link_events.close()
+            self._link_events = None
         for t in list(self._background):
             t.cancel()
         for t in list(self._background):

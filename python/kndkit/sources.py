@@ -11,19 +11,31 @@ publishes the union (names made unique).
 bridges, and the uplink: the link of the default route together with its
 masters and the links enslaved to it). :class:`RdmaLinks` (RDMA devices) lives
 in :mod:`kndkit.rdma` and is re-exported here.
+
+:class:`LinkEvents` watches a namespace for links appearing, going away or
+changing (rtnetlink ``RTMGRP_LINK`` notifications), so a driver rescans when
+the node changes instead of waiting for its rescan interval.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import errno
 import logging
+import os
 import re
-from collections.abc import Collection, Sequence
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from kndkit import netlink
 from kndkit.devices import Device, netdev_device
-from kndkit.errors import InvalidArgument
+from kndkit.errors import InvalidArgument, NamespaceError
 
 if TYPE_CHECKING:
     from kndkit._native import Discovery, NetDevice, NetNs, RdmaDevice
@@ -33,9 +45,12 @@ if TYPE_CHECKING:
 __all__ = [
     "DeviceSource",
     "DiscoveryContext",
+    "LinkEvents",
     "Netdevs",
     "NodeDevice",
     "RdmaLinks",
+    "link_event_socket",
+    "link_message_types",
     "uplink_names",
 ]
 
@@ -186,6 +201,184 @@ class Netdevs:
             rd = rdma_by_name.get(nd.rdma_device) if nd.rdma_device else None
             out.append(NodeDevice(netdev_device(nd), netdev=nd, rdma=rd))
         return out
+
+
+# --------------------------------------------------------------------------- link events
+
+#: rtnetlink multicast group of link notifications, and its message types.
+RTMGRP_LINK = 0x1
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+_CLONE_NEWNET = 0x40000000
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+
+
+def link_message_types(data: bytes) -> list[int]:
+    """The ``nlmsg_type`` of each netlink message in one datagram (a truncated
+    tail is ignored)."""
+    types: list[int] = []
+    off = 0
+    while off + _NLMSGHDR.size <= len(data):
+        length, mtype, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
+        if length < _NLMSGHDR.size:
+            break
+        types.append(mtype)
+        off += (length + 3) & ~3
+    return types
+
+
+def _link_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    try:
+        sock.bind((0, RTMGRP_LINK))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _link_socket_in(ns_fd: int) -> socket.socket:
+    """Runs on a thread of its own: enters the namespace, opens the socket (a
+    netlink socket belongs to the namespace it was created in), goes back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(ns_fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise NamespaceError(f"cannot enter the network namespace: {os.strerror(err)}")
+        try:
+            return _link_socket()
+        finally:
+            if libc.setns(own, _CLONE_NEWNET) != 0:  # the thread ends right after anyway
+                log.warning("link events: cannot return to the own namespace")
+    finally:
+        os.close(own)
+
+
+def link_event_socket(ns: NetNs | None = None) -> socket.socket:
+    """A non-blocking rtnetlink socket subscribed to the link notifications of
+    ``ns`` (``None``: the caller's namespace). The namespace is entered on a
+    short-lived thread, never on the caller's."""
+    if ns is None:
+        return _link_socket()
+    out: list[socket.socket | BaseException] = []
+
+    def worker() -> None:
+        try:
+            out.append(_link_socket_in(ns.fileno()))
+        except BaseException as e:
+            out.append(e)
+
+    t = threading.Thread(target=worker, name="kndkit-link-events", daemon=True)
+    t.start()
+    t.join()
+    result = out[0] if out else NamespaceError("link events: the socket thread returned nothing")
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+class LinkEvents:
+    """Calls ``callback`` when a link of ``ns`` is added, removed or changed.
+
+    The notifications are read on the running asyncio loop (``add_reader``);
+    a burst of them makes one call. Calls are rate-limited by a token bucket:
+    ``burst`` calls at once, then one each ``interval`` seconds, the last
+    change always followed by a call. A lost notification (the socket's buffer
+    overflowed) counts as a change.
+    """
+
+    def __init__(
+        self,
+        ns: NetNs | None,
+        callback: Callable[[], None],
+        *,
+        interval: float = 2.0,
+        burst: int = 5,
+    ) -> None:
+        if interval <= 0 or burst < 1:
+            raise InvalidArgument(
+                f"LinkEvents: interval {interval} must be > 0 and burst {burst} >= 1"
+            )
+        self.ns = ns
+        self.callback = callback
+        self.interval = interval
+        self.burst = burst
+        self.events = 0
+        """Link notifications seen."""
+        self.calls = 0
+        """Times ``callback`` was called."""
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Opens the socket and starts reading it (call on the loop)."""
+        if self._sock is not None:
+            return
+        loop = asyncio.get_running_loop()
+        sock = link_event_socket(self.ns)
+        self._sock, self._loop = sock, loop
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def close(self) -> None:
+        """Stops reading and closes the socket (idempotent)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        changed = False
+        while True:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    changed = True  # notifications were dropped: assume a change
+                    continue
+                log.warning("link events: reading the netlink socket: %s", e)
+                break
+            if not data:
+                break
+            n = sum(1 for t in link_message_types(data) if t in (RTM_NEWLINK, RTM_DELLINK))
+            if n:
+                self.events += n
+                changed = True
+        if changed:
+            self._fire()
+
+    def _fire(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) / self.interval)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self.calls += 1
+            try:
+                self.callback()
+            except Exception:
+                log.exception("link events: callback failed")
+        elif self._timer is None and self._loop is not None:
+            # Coalesce everything until a token is back into one later call.
+            delay = (1.0 - self._tokens) * self.interval
+            self._timer = self._loop.call_later(delay, self._deferred)
+
+    def _deferred(self) -> None:
+        self._timer = None
+        self._fire()
 
 
 def __getattr__(name: str) -> Any:

@@ -112,6 +112,7 @@ class Node:
     driver: DriverProc | None = None
     name: str = DRIVER
     spec: str = "hello"
+    rescan_interval: str = "2"
     pods: list[str] = field(default_factory=list)
     claims: list[dict[str, Any]] = field(default_factory=list)
 
@@ -146,7 +147,7 @@ class Node:
                 "--metrics-port",
                 "0",
                 "--rescan-interval",
-                "2",
+                self.rescan_interval,
             ]
             self.driver = DriverProc(argv, self.tmp / "driver.log")
         self.driver.start()
@@ -388,6 +389,27 @@ def test_publish_prepare_run_stop_unprepare(node: Node) -> None:
     # SIGTERM: graceful stop, sockets removed.
     assert driver.terminate() == 0, driver.logs()
     assert not list(node.kubelet.registry_dir.glob(f"{DRIVER}*")), driver.logs()
+
+
+def test_link_added_and_removed_republished_without_waiting_for_the_interval(
+    node: Node,
+) -> None:
+    """Link notifications of the host namespace trigger a rescan: with an hour
+    between periodic rescans, a new NIC is published (and a removed one
+    withdrawn) within seconds."""
+    node.rescan_interval = "3600"
+    node.start_driver()
+    _wait(lambda: node.published() == sorted(node.nics), "both NICs published")
+    extra = f"kde{os.getpid() % 10000}x"
+    _ip(
+        "-n", node.host, "link", "add", extra, "type", "veth", "peer", "name", "px", "netns",
+        node.fabric,
+    )  # fmt: skip
+    _wait(lambda: extra in node.published(), f"{extra} published after its link appeared")
+    _ip("-n", node.host, "link", "del", extra)
+    _wait(lambda: extra not in node.published(), f"{extra} withdrawn after its link went away")
+    assert node.driver is not None
+    assert "link notifications" not in node.driver.logs()  # the watch did start
 
 
 def test_host_network_pod_refused(node: Node) -> None:
