@@ -10,6 +10,7 @@ pytest subprocess, as a driver author's project would load it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import itertools
 import os
 import pathlib
@@ -214,13 +215,19 @@ def test_pytest_plugin_sim_node_fixture(tmp_path: pathlib.Path) -> None:
         )
     )
     env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[2] / "python")}
+    # Installed kndkit registers the plugin through its pytest11 entry point
+    # (what a driver author's project gets); a bare checkout loads it with -p.
+    registered = any(
+        ep.value == "kndkit.testing.pytest_plugin"
+        for ep in importlib.metadata.entry_points(group="pytest11")
+    )
+    load = [] if registered else ["-p", "kndkit.testing.pytest_plugin"]
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "pytest",
-            "-p",
-            "kndkit.testing.pytest_plugin",
+            *load,
             "-q",
             "-p",
             "no:cacheprovider",
