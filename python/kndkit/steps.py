@@ -26,6 +26,7 @@ is the order DraNet applies its configuration in::
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -203,6 +204,29 @@ def _route(r: Any) -> Route:
     )
 
 
+def _onlink_networks(
+    plan: InterfacePlan, configured: Sequence[Route]
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Networks a gateway may sit on: the plan's addresses' subnets and the
+    destinations of link-scope routes (host-copied or configured)."""
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [
+        ipaddress.ip_interface(a).network for a in plan.addresses
+    ]
+    for r in (*plan.routes, *configured):
+        if r.scope == "link" and r.destination != "default":
+            nets.append(ipaddress.ip_network(r.destination, strict=False))
+    return nets
+
+
+def _reachable(
+    gateway: str, onlink: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    gw = ipaddress.ip_address(gateway)
+    if gw.version == 6 and gw.is_link_local:
+        return True
+    return any(gw.version == n.version and gw in n for n in onlink)
+
+
 class Routes(_Step):
     """The pod's routes through the link: the moved link's host routes, then
     ``routes`` (a configured route replaces a host route to the same
@@ -214,6 +238,29 @@ class Routes(_Step):
         configured = [_route(r) for r in netdev_config(config).routes]
         state = _host_state(plan, ctx)
         host = list(state.routes) if state is not None else []
+        # Gateways are checked against the pod's addresses when the plan has
+        # any (run Addresses first); a plan without addresses is not judged.
+        onlink = _onlink_networks(plan, configured) if plan.addresses else None
+        for i, r in enumerate(configured):
+            if onlink is not None and r.gateway and not _reachable(r.gateway, onlink):
+                raise ConfigError(
+                    f"route to {r.destination}: gateway {r.gateway} is not on a network of"
+                    f" the interface (addresses: {', '.join(plan.addresses) or 'none'})",
+                    field=f"routes[{i}].gateway",
+                )
+        # A host route whose gateway the pod's addresses do not reach (the claim
+        # set other addresses) would be refused by the kernel at pod start.
+        kept = [r for r in host if onlink is None or not r.gateway or _reachable(r.gateway, onlink)]
+        for r in host:
+            if r not in kept:
+                log.info(
+                    "device %s: host route to %s via %s not copied: the pod's addresses"
+                    " do not reach the gateway",
+                    device.name,
+                    r.destination,
+                    r.gateway,
+                )
+        host = kept
         taken = {_route_key(r) for r in configured}
         routes = [
             *(r for r in plan.routes if _route_key(r) not in taken),

@@ -419,3 +419,36 @@ def test_all_steps_but_snapshot_compose(dev: NodeDevice) -> None:
     assert plan.routes[-1] == Route("10.1.0.0/16", gateway="10.0.0.1", scope="universe")
     assert plan.disable_ebpf and plan.gso_max_size == 131072
     assert plan.host == HOST
+
+
+def test_routes_gateway_off_the_pods_addresses_is_refused_at_prepare(dev: NodeDevice) -> None:
+    plan = moved(addresses=("10.9.0.2/24",))
+    with pytest.raises(ConfigError) as e:
+        run(
+            Routes(), plan, {"routes": [{"destination": "10.8.0.0/16", "gateway": "10.1.0.1"}]}, dev
+        )
+    assert e.value.field == "routes[0].gateway"
+    # reachable through a configured link-scope route: accepted
+    out = run(
+        Routes(),
+        plan,
+        {
+            "routes": [
+                {"destination": "10.1.0.0/24", "scope": "link"},
+                {"destination": "10.8.0.0/16", "gateway": "10.1.0.1"},
+            ]
+        },
+        dev,
+    )
+    assert Route("10.8.0.0/16", gateway="10.1.0.1", scope="universe") in out.routes
+
+
+def test_routes_host_routes_the_new_addresses_cannot_reach_are_not_copied(
+    dev: NodeDevice,
+) -> None:
+    # the claim replaced the host's 192.168.7.2/24: its routes via 192.168.7.1 would be
+    # refused by the kernel at pod start (ENETUNREACH), so they stay behind
+    out = run(Routes(), moved(addresses=("10.9.0.2/24",)), {}, dev)
+    assert all(r.gateway is None or r.gateway.startswith("10.9.") for r in out.routes)
+    kept = run(Routes(), moved(addresses=("192.168.7.2/24",)), {}, dev)
+    assert Route("10.7.0.0/16", gateway="192.168.7.1") in kept.routes
