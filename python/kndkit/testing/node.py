@@ -892,13 +892,23 @@ class SimulatedNode:
     def _delete_pod_objects(self, pod: SimPod) -> None:
         api = self.api
         for c in pod.claims:
-            with contextlib.suppress(KubeAPIError):
-                api.request(
-                    "PATCH",
-                    api.path_for(c, with_name=True),
-                    {"metadata": {"finalizers": None}},
-                    content_type="application/merge-patch+json",
-                )
+            # The allocation's finalizer goes first (the scheduler's controller
+            # would remove it). GET + PUT: kube-apiserver 1.37.2 refuses every
+            # PATCH of a claim with opaque configuration (tests/peers/README.md).
+            path = api.path_for(c, with_name=True)
+            for _ in range(5):
+                try:
+                    cur = api.request("GET", path)
+                    if not cur["metadata"].get("finalizers"):
+                        break
+                    cur["metadata"]["finalizers"] = []
+                    api.request("PUT", path, cur)
+                    break
+                except KubeAPIError as e:
+                    if e.status == 404:
+                        break
+                    if e.status != 409:
+                        raise
             with contextlib.suppress(KubeAPIError):
                 api.delete(c, grace_period_s=0)
         with contextlib.suppress(KubeAPIError):
