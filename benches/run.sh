@@ -2,7 +2,7 @@
 # Runs every benchmark suite, writes pytest-benchmark JSON into benches/results/
 # and prints (and saves as results/report.md) the median/ratio table.
 #
-#   benches/run.sh                  # all suites (about 10 minutes on 2 cores)
+#   benches/run.sh                  # all suites (about 16 minutes on 2 cores)
 #   benches/run.sh attach discovery # some suites
 #   KNDKIT_BENCH_ROUNDS_SCALE=0.3 benches/run.sh   # fewer rounds
 #
@@ -29,7 +29,7 @@ fi
 export PYTHONPATH="$SNAP/pkg${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c 'import kndkit._native as n; print("== kndkit._native from", n.__file__)' >&2
 SUITES=("$@")
-[ ${#SUITES[@]} -eq 0 ] && SUITES=(attach detach discovery cpu rss nri_roundtrip dra_prepare dra_publish)
+[ ${#SUITES[@]} -eq 0 ] && SUITES=(attach detach discovery cpu rss nri_roundtrip dra_prepare dra_publish pod_start churn driver_rss)
 mkdir -p "$OUT"
 status=0
 for suite in "${SUITES[@]}"; do
@@ -41,12 +41,17 @@ for suite in "${SUITES[@]}"; do
 done
 jsons=()
 for suite in "${SUITES[@]}"; do
+  case $suite in pod_start|churn|driver_rss) continue ;; esac  # driver_report.py below
   [ -s "$OUT/${suite}.json" ] && jsons+=("$OUT/${suite}.json")
 done
+: >"$OUT/report.md"
 [ ${#jsons[@]} -gt 0 ] && "$PY" benches/report.py "${jsons[@]}" | tee "$OUT/report.md"
 dra=()
 for s in dra_prepare dra_publish; do [ -s "$OUT/$s.json" ] && dra+=("$OUT/$s.json"); done
 [ ${#dra[@]} -gt 0 ] && "$PY" benches/dra_report.py "${dra[@]}" | tee -a "$OUT/report.md"
+drv=()
+for s in pod_start churn driver_rss; do [ -s "$OUT/$s.json" ] && drv+=("$OUT/$s.json"); done
+[ ${#drv[@]} -gt 0 ] && "$PY" benches/driver_report.py "${drv[@]}" | tee -a "$OUT/report.md"
 # User-space cost per request in instructions (exact, unlike the tick-sampled
 # ru_utime split), converted to time with encode()'s native rate.
 if command -v valgrind >/dev/null && { [ ${#SUITES[@]} -eq 0 ] || [[ " ${SUITES[*]} " == *" cpu "* ]]; }; then

@@ -72,14 +72,15 @@ def settled_status(pid: int, settle_s: float = SETTLE_S) -> dict[str, int]:
     return {**seen[-1], "VmRSS_max": max(s["VmRSS"] for s in seen)}
 
 
-def row(what: str, status: dict[str, int], **extra: Any) -> dict[str, Any]:
-    rss = status["VmRSS"] / 1024
+def row(what: str, status: dict[str, int], *, anchor: bool = False, **extra: Any) -> dict[str, Any]:
+    """One table row; ``anchor`` rows (not a kndkit driver) are not held to the target."""
+    rss_mb = status["VmRSS"] * 1024 / 1e6
     return {
         "what": what,
-        "rss_mib": rss,
+        "rss_mib": status["VmRSS"] / 1024,
         "hwm_mib": status["VmHWM"] / 1024,
-        "rss_mb": status["VmRSS"] * 1024 / 1e6,
-        "meets_target": status["VmRSS"] * 1024 / 1e6 < TARGET_MB,
+        "rss_mb": rss_mb,
+        "meets_target": None if anchor else rss_mb < TARGET_MB,
         **extra,
     }
 
@@ -154,7 +155,9 @@ def test_rss_netdev_1024_veths(benchmark: Any, bench: pod_start.PodStartBench) -
         bench.driver = drv  # stopped with the bench (or the next setup)
         idle = settled_status(drv.pid)
         n = len(box["names"])
-        record(benchmark, [row(f"kndkit netdev, {n} veths published, idle", idle, devices=n)])
+        record(
+            benchmark, [row(f"kndkit netdev, {n} devices (veths) published, idle", idle, devices=n)]
+        )
         assert "Traceback" not in drv.logs(), drv.logs(4000)
     finally:
         bench.stop_driver()
@@ -186,7 +189,10 @@ def test_rss_go_ref_driver_1024(benchmark: Any, bench: pod_start.PodStartBench) 
         ref = box["d"]
         sim.wait_devices(ref.driver, at_least=DEVICES, timeout=120)
         idle = settled_status(ref.popen.pid)
-        record(benchmark, [row(f"Go ref-driver (kubeletplugin), {DEVICES} published", idle)])
+        record(
+            benchmark,
+            [row(f"Go ref-driver (kubeletplugin), {DEVICES} published", idle, anchor=True)],
+        )
     finally:
         if "d" in box:
             p = box["d"].popen
@@ -231,4 +237,4 @@ def test_rss_python_imports(benchmark: Any) -> None:
 
     benchmark.group = "driver_rss"
     benchmark.pedantic(run, rounds=1, iterations=1)
-    record(benchmark, [row(what, box[what]) for what, _ in cases])
+    record(benchmark, [row(what, box[what], anchor=True) for what, _ in cases])
