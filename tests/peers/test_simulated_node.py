@@ -14,8 +14,10 @@ import importlib.metadata
 import itertools
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 
@@ -245,3 +247,29 @@ def test_pytest_plugin_sim_node_fixture(tmp_path: pathlib.Path) -> None:
     name = (tmp_path / "names").read_text()
     assert name.startswith("sim")
     assert _netns(name) == set()
+
+
+def test_readme_driver_test_passes() -> None:
+    """The README's "Testing your driver" example, run as a driver author would."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    blocks = re.findall(r"```python\n(.*?)```", (root / "README.md").read_text(), flags=re.S)
+    (block,) = [b for b in blocks if "def test_hello_gives_the_pod_a_nic" in b]
+    with tempfile.TemporaryDirectory(prefix="knd-readme-") as d:
+        test = pathlib.Path(d) / "test_readme_example.py"
+        test.write_text(block)
+        env = {**os.environ, "PYTHONPATH": str(root / "python")}
+        registered = any(
+            ep.value == "kndkit.testing.pytest_plugin"
+            for ep in importlib.metadata.entry_points(group="pytest11")
+        )
+        load = [] if registered else ["-p", "kndkit.testing.pytest_plugin"]
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", *load, "-q", "-p", "no:cacheprovider", str(test)],
+            cwd=root,  # the example names examples/hello.py
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+    assert "1 passed" in proc.stdout, proc.stdout + proc.stderr
