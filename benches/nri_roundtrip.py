@@ -5,7 +5,7 @@
         [--json out.json] [--profile DIR]
 
 Each implementation gets its own runtime: an ``nri-harness`` (containerd's NRI
-adaptation v0.12.5, tests/peers/nri) with exactly one plugin connected, either
+adaptation v0.12.5, python/kndkit/testing/peers/nri) with exactly one plugin connected, either
 kndkit's (``benches/nri_kndkit_plugin.py``, a separate Python process) or the
 Go anchor (``nri-bench-plugin``, on the upstream ``pkg/stub``). Both do the
 same work: nothing on RunPodSandbox; 4 Linux device adjustments on

@@ -1,6 +1,6 @@
 """The kubelet harness proved against the upstream DRA plugin helper.
 
-The reference driver (tests/peers/kubelet/cmd/ref-driver) is built on
+The reference driver (python/kndkit/testing/peers/kubelet/cmd/ref-driver) is built on
 ``k8s.io/dynamic-resource-allocation/kubeletplugin``; the harness uses the
 ``k8s.io/kubelet`` generated clients. If they agree here, a Python plugin that
 the harness accepts speaks what the real kubelet speaks.

@@ -1,4 +1,4 @@
-"""Proof tests for the NRI runtime-side peer (tests/peers/nri).
+"""Proof tests for the NRI runtime-side peer (python/kndkit/testing/peers/nri).
 
 The harness embeds containerd's own NRI adaptation; the plugin is built on the
 upstream plugin stub. Links and namespaces are real; every one made here is

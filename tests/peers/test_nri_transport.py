@@ -3,7 +3,7 @@
 A minimal plugin is driven by hand here: kndkit's multiplexer and ttrpc layer
 plus the NRI protobuf messages, with Configure/Synchronize answered by test
 code. The runtime side is the upstream adaptation in ``nri-harness``
-(tests/peers/nri). These tests pin what the module documentation of
+(python/kndkit/testing/peers/nri). These tests pin what the module documentation of
 ``kndkit.nri.mux`` states about the Go side: the 4096-byte split rule, the
 framing the runtime accepts and refuses, concurrent calls, and what happens
 when the runtime closes the connection.
