@@ -59,9 +59,9 @@ def _pod_netns(node: SimulatedNode) -> list[str]:
     return sorted(p for p in os.listdir("/run/netns") if p.startswith(prefix))
 
 
-def _churn(node: SimulatedNode, claim: ClaimSpec, check_pod: str) -> None:
+def _churn(node: SimulatedNode, claim: ClaimSpec, check_pod: str, prefix: str) -> None:
     for i in range(PODS):
-        pod = node.new_pod(f"p{i}", claims=[claim])
+        pod = node.new_pod(f"{prefix}{i}", claims=[claim])
         node.start_pod(pod)
         names = [link["name"] for link in node.pod_links(pod)]
         assert check_pod in names, f"pod {i}: {names}"
@@ -83,7 +83,7 @@ def test_netdev_200_pods_in_sequence_leak_nothing(node: SimulatedNode) -> None:
             "routes": [{"destination": "10.8.0.0/16", "gateway": "10.9.0.1"}],
         },
     )
-    _churn(node, claim, "net1")
+    _churn(node, claim, "net1", "nd")
     assert driver.running and driver.pid == pid, driver.logs()
     assert node.snapshot() == before
     state = node.workdir / "state-0" / "state.db"
@@ -100,7 +100,7 @@ def test_macvlan_200_pods_in_sequence_leak_nothing(node: SimulatedNode) -> None:
         params={"parent": "eth1", "ranges": "10.60.0.0/24", "gateway": "10.60.0.1", "slots": 4},
     )
     pid = driver.pid
-    _churn(node, ClaimSpec(driver="macvlan.kndkit.dev"), "net1")
+    _churn(node, ClaimSpec(driver="macvlan.kndkit.dev"), "net1", "mv")
     assert driver.running and driver.pid == pid, driver.logs()
     assert node.snapshot() == before
     state_dir = node.workdir / "state-0"
