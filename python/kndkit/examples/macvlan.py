@@ -413,7 +413,7 @@ class Macvlan(NetworkDriver):
 
         A pod with several claims of this driver should name its interfaces in
         the claims' config (``"name"``): each claim starts at ``net1``, and the
-        attach of the second would fail on the name (and roll back).
+        prepare of the second is refused (a ConfigError naming both devices).
         """
         devices = list(ctx.claim.devices)
         index = devices.index(ctx.allocated) if ctx.allocated in devices else 0
