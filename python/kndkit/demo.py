@@ -30,6 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from kndkit import netlink
+from kndkit._native import NetNs
+
 __all__ = ["Demo", "add_parser", "run_demo"]
 
 NICS = (
@@ -155,6 +158,7 @@ class Demo:
                 node.run_pod(pod)
                 st.detail = f"netns {pod.netns}"
             with self.step("inside the pod") as st:
+                carrier_s = _wait_carrier(str(pod.netns), "net1")
                 inside = self.show_pod(node, pod)
                 names = [lk["name"] for lk in inside["links"]]
                 if "net1" not in names:
@@ -167,11 +171,18 @@ class Demo:
                 host_names = [lk["name"] for lk in node.host_links()]
                 if "eth1" in host_names:
                     raise RuntimeError("eth1 is still on the host")
-                st.detail = f"net1 {net1['mac']} mtu {net1['mtu']} {' '.join(net1['addresses'])}"
+                st.detail = (
+                    f"net1 {net1['mac']} mtu {net1['mtu']} {' '.join(net1['addresses'])}"
+                    + (f", carrier after {carrier_s * 1000:.0f} ms" if carrier_s else "")
+                )
             with self.step("CreateContainer") as st:
                 adj = node.create_container(pod)
+                linux: dict[str, Any] = (adj.get("adjust") or {}).get("linux") or {}
+                paths = [str(d.get("path", "?")) for d in linux.get("devices") or []]
                 st.detail = (
-                    f"adjustment keys: {', '.join(sorted(adj.get('adjust') or {})) or 'none'}"
+                    f"{len(paths)} device(s) injected: {', '.join(paths)}"
+                    if paths
+                    else "nothing to inject (the netdev driver has no RDMA character devices)"
                 )
             with self.step("pod stop (StopPodSandbox, RemovePodSandbox)"):
                 node.stop_pod(pod)
@@ -268,6 +279,24 @@ def _ip(*args: str) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
+
+
+#: IF_OPER_UP (RFC 2863 operstate as rtnetlink reports it).
+_IF_OPER_UP = 6
+
+
+def _wait_carrier(netns: str, ifname: str, timeout_s: float = 3.0) -> float | None:
+    """Seconds until ``ifname`` in ``netns`` reports carrier (the kernel's link
+    watch settles a moved link's operstate a moment after it comes up); None if
+    it did not within ``timeout_s`` (the view is shown anyway)."""
+    t0 = time.monotonic()
+    with NetNs.open(netns) as ns:
+        while time.monotonic() - t0 < timeout_s:
+            for lk in netlink.dump_links(ns):
+                if lk["name"] == ifname and lk["operstate"] == _IF_OPER_UP:
+                    return time.monotonic() - t0
+            time.sleep(0.02)
+    return None
 
 
 def _indent(text: str, prefix: str = "      ") -> str:
