@@ -5,10 +5,18 @@ Built on the official asyncio client (``kubernetes.aio``):
 - :class:`SlicePublisher` publishes a node's devices as ResourceSlices;
 - :class:`ClaimReader` reads an allocated ResourceClaim for this driver;
 - :class:`ClaimStatusWriter` reports per-device status and Events on a claim.
+
+Importing this package loads only the parts of the client it uses
+(:mod:`kndkit.k8s._slim`: the ``kubernetes`` and ``kubernetes.aio`` package
+``__init__`` files are skipped when nothing imported them yet, and ``core/v1``
+calls go through a two-operation ``CoreV1Api``); ``KNDKIT_K8S_SLIM=0`` turns
+that off.
 """
 
 from __future__ import annotations
 
+# First: registers the placeholder packages before anything imports kubernetes.
+from kndkit.k8s import _slim  # noqa: F401  # isort: skip
 from kndkit.k8s.claims import (
     AllocatedDevice,
     Claim,

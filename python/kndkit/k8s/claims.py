@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pydantic
-from kubernetes.aio import client as k8s
 from kubernetes.aio.client.exceptions import ApiException
 
 from kndkit.dra.types import ClaimRef
 from kndkit.errors import KndError
+from kndkit.k8s._slim import client as k8s
 from kndkit.k8s.client import api_error_text, status_body
 from kndkit.k8s.errors import (
     ClaimNotAllocated,

@@ -7,11 +7,11 @@ import logging
 import os
 from typing import Any
 
-from kubernetes.aio import client as k8s
 from kubernetes.aio import config as k8s_config
 from kubernetes.aio.client.exceptions import ApiException
 
 from kndkit.errors import InvalidArgument
+from kndkit.k8s._slim import client as k8s
 from kndkit.k8s.errors import ResourceAPIUnavailable
 
 __all__ = ["RESOURCE_GROUP", "RESOURCE_VERSION", "check_resource_api", "new_api_client"]

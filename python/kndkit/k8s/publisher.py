@@ -35,7 +35,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.aio import client as k8s
 from kubernetes.aio import watch as k8s_watch
 from kubernetes.aio.client.exceptions import ApiException
 
@@ -46,6 +45,7 @@ from kndkit.devices import (
     validate_device,
 )
 from kndkit.errors import InvalidArgument
+from kndkit.k8s._slim import client as k8s
 from kndkit.k8s.client import (
     RESOURCE_GROUP,
     RESOURCE_VERSION,

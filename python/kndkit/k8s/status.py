@@ -21,11 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.aio import client as k8s
 from kubernetes.aio.client.exceptions import ApiException
 
 from kndkit.dra.types import ClaimRef
 from kndkit.errors import InvalidArgument, KndError
+from kndkit.k8s._slim import client as k8s
 from kndkit.k8s.client import RESOURCE_GROUP, RESOURCE_VERSION, api_error_text, to_dict
 from kndkit.k8s.errors import ClaimError, ClaimNotFound, ClaimReplaced
 
