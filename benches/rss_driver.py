@@ -1,6 +1,6 @@
 """Memory of one ``kndkit run <driver>`` process on a simulated node (issue 6, section 7).
 
-    python benches/rss_driver.py [--driver hello] [--pods 1] [--settle 5]
+    python benches/rss_driver.py [--driver hello] [--pods 1] [--settle 5] [--churn N]
                                  [--env MALLOC_ARENA_MAX=2] [--set k=v] [--json]
     python benches/rss_driver.py --imports   # a fresh interpreter importing the driver's modules
     python benches/rss_driver.py --pid PID     # one reading of a running process
@@ -13,7 +13,8 @@ it settle (``--settle`` seconds: the first publication and start-up work done)
 and reads ``/proc/<pid>/status``: ``VmRSS`` (resident now) and ``VmHWM`` (the
 peak so far). Then ``--pods`` pods, one claim each, go through prepare and
 RunPodSandbox, are read again (attached), stopped, removed and unprepared, and
-read a last time. ``--smaps`` adds the largest ``/proc/<pid>/smaps`` mappings by
+read a last time; ``--churn N`` then runs N more pods through the same cycle one
+at a time and reads again. ``--smaps`` adds the largest ``/proc/<pid>/smaps`` mappings by
 resident size (anonymous heap vs shared libraries) to the idle reading.
 
 Prints one line per phase (MiB) or, with ``--json``, a JSON object with the rows;
@@ -123,8 +124,10 @@ def measure(
     env: Mapping[str, str] | None = None,
     params: Mapping[str, Any] | None = None,
     smaps: bool = False,
+    churn: int = 0,
 ) -> list[dict[str, Any]]:
-    """Start a simulated node and ``driver`` on it; rows for idle, attached, after."""
+    """Start a simulated node and ``driver`` on it; rows for idle, attached, after
+    (and after ``churn`` more pods, one at a time, when asked)."""
     from kndkit.testing.node import ClaimSpec, SimulatedNode
 
     saved = {k: os.environ.get(k) for k in (env or {})}
@@ -149,6 +152,13 @@ def measure(
                 sim.delete_pod(pod)
             time.sleep(1.0)
             rows.append(row("after delete", proc.pid))
+            if churn:
+                for i in range(churn):
+                    pod = sim.new_pod(f"rss-c{i}", claims=[ClaimSpec(driver=proc.name)])
+                    sim.start_pod(pod)
+                    sim.delete_pod(pod)
+                time.sleep(1.0)
+                rows.append(row(f"after {churn} more pods", proc.pid))
             proc.terminate()
     finally:
         for k, v in saved.items():
@@ -164,9 +174,8 @@ def _print(rows: Sequence[dict[str, Any]]) -> None:
         extra = " ".join(
             f"{k}={v}" for k, v in r.items() if k not in ("phase", "rss_mib", "hwm_mib", "smaps")
         )
-        print(
-            f"{r['phase']:>22}: VmRSS {r['rss_mib']:6.1f} MiB  VmHWM {r['hwm_mib']:6.1f} MiB  {extra}"
-        )
+        rss, hwm = r["rss_mib"], r["hwm_mib"]
+        print(f"{r['phase']:>22}: VmRSS {rss:6.1f} MiB  VmHWM {hwm:6.1f} MiB  {extra}")
         for name, mib in r.get("smaps", ()):
             print(f"{'':>24}{mib:6.1f} {name}")
 
@@ -176,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--driver", default="hello")
     ap.add_argument("--pods", type=int, default=1)
     ap.add_argument("--settle", type=float, default=5.0)
+    ap.add_argument("--churn", type=int, default=0, help="more pods, one at a time, after")
     ap.add_argument("--env", action="append", default=[], metavar="K=V")
     ap.add_argument("--set", action="append", default=[], metavar="K=V", dest="params")
     ap.add_argument("--smaps", action="store_true")
@@ -193,7 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         params = {k: json.loads(v) for k, v in (p.split("=", 1) for p in a.params)}
         rows = measure(
-            driver=a.driver, pods=a.pods, settle_s=a.settle, env=env, params=params, smaps=a.smaps
+            driver=a.driver,
+            pods=a.pods,
+            settle_s=a.settle,
+            env=env,
+            params=params,
+            smaps=a.smaps,
+            churn=a.churn,
         )
     if a.json:
         print(json.dumps({"driver": a.driver, "env": env, "rows": rows}))
