@@ -33,8 +33,9 @@ avoids both without changing any class kndkit uses:
    :data:`client` is the ``kubernetes.aio.client`` module as kndkit sees it:
    every attribute is the official object except ``CoreV1Api``.
 
-Measured with ``benches/rss_driver.py`` (the ``hello`` driver idle on a
-simulated node): see the module's report in the issue 6 memory section.
+Measured with ``benches/rss_driver.py`` (the ``hello`` driver on a simulated
+node, Python 3.11): VmRSS idle 111.6 -> 80.3 MiB, after 21 pods 118.6 -> 88.5
+MiB; a bare ``import kndkit.driver`` 70.9 -> 62.8 MiB (834 -> 572 modules).
 
 ``KNDKIT_K8S_SLIM=0`` in the environment turns both off (the official packages
 load as they are), for comparison or if a future client version breaks a
