@@ -73,6 +73,18 @@ def smaps_top(pid: int | str = "self", n: int = 12) -> list[tuple[str, float]]:
     return [(k, v / 1024) for k, v in agg.most_common(n)]
 
 
+def pss_kb(pid: int | str = "self") -> int:
+    """Proportional set size (kB): shared library pages divided among their users."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def row(phase: str, pid: int | str) -> dict[str, Any]:
     st = proc_status(pid)
     return {
@@ -81,6 +93,7 @@ def row(phase: str, pid: int | str) -> dict[str, Any]:
         "hwm_mib": st["VmHWM"] / 1024,
         "anon_mib": st.get("RssAnon", 0) / 1024,
         "file_mib": st.get("RssFile", 0) / 1024,
+        "pss_mib": pss_kb(pid) / 1024,
         "threads": st.get("Threads", 0),
     }
 
@@ -172,7 +185,9 @@ def measure(
 def _print(rows: Sequence[dict[str, Any]]) -> None:
     for r in rows:
         extra = " ".join(
-            f"{k}={v}" for k, v in r.items() if k not in ("phase", "rss_mib", "hwm_mib", "smaps")
+            f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in r.items()
+            if k not in ("phase", "rss_mib", "hwm_mib", "smaps")
         )
         rss, hwm = r["rss_mib"], r["hwm_mib"]
         print(f"{r['phase']:>22}: VmRSS {rss:6.1f} MiB  VmHWM {hwm:6.1f} MiB  {extra}")
