@@ -1,4 +1,4 @@
-"""kndkit.nri.Plugin against containerd's own NRI adaptation (the nri harness in python/kndkit/testing/peers/nri).
+"""kndkit.nri.Plugin against containerd's own NRI adaptation (the harness in kndkit.testing.peers).
 
 The runtime side is the upstream ``github.com/containerd/nri/pkg/adaptation`` at
 v0.12.5 (per-event RPCs) and v0.11.0 (pod events over ``StateChange``), driven

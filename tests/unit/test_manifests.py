@@ -183,7 +183,11 @@ def test_daemonset() -> None:
     assert args[:4] == ["--log-format", "json", "run", "netdev"]
     assert args[args.index("--node-name") + 1] == "$(NODE_NAME)"
     assert args[args.index("--metrics-port") + 1] == "9177"
-    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"]}
+    env = {
+        e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", e.get("value"))
+        for e in c["env"]
+    }
+    assert env["MALLOC_ARENA_MAX"] == "2"
     assert env["NODE_NAME"] == "spec.nodeName"
     assert c["securityContext"] == {"privileged": True}
     assert c["ports"] == [{"name": "metrics", "containerPort": 9177, "protocol": "TCP"}]
