@@ -637,10 +637,29 @@ class NetworkDriver:
             t0 = time.perf_counter()
             try:
                 result = await asyncio.to_thread(self._attach_blocking, plans, pod.netns)
-            except BaseException as e:
-                store.delete_attachment(pod.uid, sync=False)  # attach rolled back
-                if isinstance(e, Exception):
-                    self._spawn(self._attach_failed_events(claims, pod, e), "attach-event")
+            except asyncio.CancelledError:
+                # The worker thread may still be attaching: the ATTACHING record
+                # stays, so the pod's StopPodSandbox (or the next start's
+                # reconcile) detaches whatever it did.
+                raise
+            except Exception as e:
+                if getattr(e, "rolled_back", True) is False:
+                    # The native rollback could not undo everything: detach is
+                    # exact and idempotent, it puts back whatever is left.
+                    log.warning(
+                        "driver %s: attach of pod %s failed and was not fully rolled back "
+                        "(%s); detaching what is left",
+                        self.driver_name,
+                        pod.ref,
+                        e,
+                    )
+                    try:
+                        await self._detach_record(rec)
+                    except Exception:
+                        log.exception("driver %s: detach after a failed attach", self.driver_name)
+                else:
+                    store.delete_attachment(pod.uid, sync=False)  # attach rolled back
+                self._spawn(self._attach_failed_events(claims, pod, e), "attach-event")
                 raise
             elapsed = time.perf_counter() - t0
             metrics.ATTACH_DURATION.labels(self.driver_name, "attach").observe(elapsed)

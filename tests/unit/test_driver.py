@@ -602,3 +602,32 @@ async def test_default_injection_adds_shared_rdma_cm_once(host: Host) -> None:
         await d.on_create_container(_pod("/run/netns/x"), ctr, [InterfacePlan.move("eth", "eth0")])
         is None
     )
+
+
+async def test_attach_not_fully_rolled_back_is_detached(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed attach whose rollback left links behind (``rolled_back`` false)
+    is detached before the record goes: nothing stays stranded in the pod."""
+    d = Hello(_options(host))
+    await d.rescan()
+    nic = host.nics[0]
+    before = host.links()[nic]
+    await _prepare(d, _claim(nic, config={"name": "eth7"}))
+    pod_ns = host.new_pod_ns()
+    real = d._attach_blocking
+
+    class HalfRolledBack(KndError):
+        rolled_back = False
+
+    def attach_then_fail(plans: Any, netns: str) -> Any:
+        real(plans, netns)  # the NIC really is in the pod now
+        raise HalfRolledBack("simulated: a later step failed and its rollback did not finish")
+
+    monkeypatch.setattr(d, "_attach_blocking", attach_then_fail)
+    with pytest.raises(HalfRolledBack):
+        await d.attach_pod(_pod(pod_ns))
+    assert "eth7" not in host.links(pod_ns)
+    after = host.links()[nic]
+    assert (after["mtu"], after["mac"], after["up"]) == (before["mtu"], before["mac"], before["up"])
+    assert d.open_store().get_attachment("pod-uid-0") is None
