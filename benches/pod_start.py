@@ -716,7 +716,7 @@ def run(
 ) -> list[dict[str, Any]]:
     """Everything above; one summary dict per (driver, n)."""
     rng = random.Random(seed)
-    out = []
+    out: list[dict[str, Any]] = []
     with PodStartBench.start(counts, rng) as bench:
         for driver in drivers:
             if progress:
