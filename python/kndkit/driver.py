@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -94,6 +95,12 @@ log = logging.getLogger("kndkit.driver")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 #: How long a graceful stop waits for NRI hooks in flight.
 STOP_GRACE_S = 10.0
+#: Parsed plans kept per claim (the oldest entry goes beyond this).
+PLAN_CACHE_SIZE = 4096
+#: How long after an attach the claim status (networkData) write starts: it dumps
+#: the pod's links on a worker thread, which would otherwise compete with the
+#: RunPodSandbox reply for the interpreter.
+STATUS_DELAY_S = 0.01
 #: Rescans on link notifications: this many at once, then one per interval (DraNet's).
 LINK_EVENT_BURST = 5
 LINK_EVENT_INTERVAL_S = 2.0
@@ -204,6 +211,8 @@ class NetworkDriver:
         self._rescan_event: asyncio.Event | None = None
         self._rescan_lock: asyncio.Lock | None = None
         self._pod_locks: dict[str, asyncio.Lock] = {}
+        self._parsed_plans: dict[str, tuple[Any, tuple[InterfacePlan, ...]]] = {}
+        """Claim uid -> (its plans as the store returns them, parsed)."""
         self._background: set[asyncio.Task[Any]] = set()
         self._in_flight = 0
         self._idle: asyncio.Event | None = None
@@ -463,7 +472,11 @@ class NetworkDriver:
             label,
             ", ".join(f"{p.device}->{p.name} ({p.kind})" for p in plans),
         )
-        return PreparedClaim(prepared, [p.to_json() for p in plans])
+        data = [p.to_json() for p in plans]
+        # What the store will give back for this claim (JSON-normalised), parsed:
+        # RunPodSandbox then finds the plans without parsing them again.
+        self._remember_plans(claim.uid, json.loads(json.dumps(data)), plans)
+        return PreparedClaim(prepared, data)
 
     async def _plan_claim(
         self,
@@ -548,7 +561,8 @@ class NetworkDriver:
 
     async def unprepare_claim(self, record: ClaimRecord) -> None:
         """Detaches what is still attached of the claim, then :meth:`release` (ClaimPreparer)."""
-        plans = self._plans_of(record.plans)
+        plans = self._claim_plans(record)
+        self._parsed_plans.pop(record.uid, None)
         store = self.open_store()
         for att in store.attachments():
             if record.uid in att.claim_uids:
@@ -567,6 +581,23 @@ class NetworkDriver:
         if not isinstance(data, list):
             return []
         return [InterfacePlan.from_json(p) for p in data]
+
+    def _remember_plans(self, uid: str, data: Any, plans: Sequence[InterfacePlan]) -> None:
+        cache = self._parsed_plans
+        cache.pop(uid, None)
+        cache[uid] = (data, tuple(plans))
+        while len(cache) > PLAN_CACHE_SIZE:
+            del cache[next(iter(cache))]
+
+    def _claim_plans(self, rec: ClaimRecord) -> list[InterfacePlan]:
+        """The parsed plans of ``rec``: from the cache when its entry holds the
+        same plan data as the record (equal JSON), else parsed and remembered."""
+        hit = self._parsed_plans.get(rec.uid)
+        if hit is not None and hit[0] == rec.plans:
+            return list(hit[1])
+        plans = self._plans_of(rec.plans)
+        self._remember_plans(rec.uid, rec.plans, plans)
+        return plans
 
     # ------------------------------------------------------------------ attach / detach
 
@@ -591,12 +622,8 @@ class NetworkDriver:
         ]
 
     def _claims_of_pod(self, pod_uid: str) -> list[ClaimRecord]:
-
-        return [
-            rec
-            for rec in self.open_store().list()
-            if rec.phase is ClaimPhase.PREPARED and pod_uid in rec.pod_uids
-        ]
+        """Prepared claims reserved for ``pod_uid`` (only those rows are decoded)."""
+        return self.open_store().claims_of_pod(pod_uid)
 
     async def attach_pod(self, pod: Pod, *, cancelled: Callable[[], bool] | None = None) -> bool:
         """Attaches the prepared claims of ``pod`` (RunPodSandbox). Returns False when
@@ -623,8 +650,11 @@ class NetworkDriver:
                 self._spawn(self._attach_failed_events(claims, pod, err), "attach-event")
                 raise err
             plans: list[dict[str, Any]] = []
+            parsed: list[InterfacePlan] = []
             for c in claims:
-                plans.extend(c.plans if isinstance(c.plans, list) else [])
+                if isinstance(c.plans, list):
+                    plans.extend(c.plans)
+                    parsed.extend(self._claim_plans(c))
             rec = AttachmentRecord(
                 pod_uid=pod.uid,
                 pod_ref=pod.ref,
@@ -636,7 +666,7 @@ class NetworkDriver:
             store.put_attachment(rec, sync=False)  # written before the kernel is touched
             t0 = time.perf_counter()
             try:
-                result = await asyncio.to_thread(self._attach_blocking, plans, pod.netns)
+                result = await asyncio.to_thread(self._attach_blocking, parsed, pod.netns)
             except asyncio.CancelledError:
                 # The worker thread may still be attaching: the ATTACHING record
                 # stays, so the pod's StopPodSandbox (or the next start's
@@ -663,9 +693,8 @@ class NetworkDriver:
                 raise
             elapsed = time.perf_counter() - t0
             metrics.ATTACH_DURATION.labels(self.driver_name, "attach").observe(elapsed)
-            rec = store.put_attachment(
-                dataclasses.replace(rec, phase=AttachPhase.ATTACHED), sync=False
-            )
+            updated = store.set_attachment_phase(pod.uid, AttachPhase.ATTACHED, sync=False)
+            rec = dataclasses.replace(rec, phase=AttachPhase.ATTACHED, updated_at=updated)
             if cancelled is not None and cancelled():
                 log.warning(
                     "driver %s: attach of pod %s finished after the runtime gave up on it; "
@@ -683,14 +712,16 @@ class NetworkDriver:
                 elapsed * 1000,
             )
             self._update_attached_gauge()
-            self._spawn(self._write_status(claims, pod.netns, result.pod_links), "claim-status")
+            self._spawn(
+                self._write_status(claims, pod.netns, result.pod_links, delay=STATUS_DELAY_S),
+                "claim-status",
+            )
             return True
 
-    def _attach_blocking(self, plans: list[dict[str, Any]], netns: str) -> Any:
-
-        ips = [InterfacePlan.from_json(p) for p in plans]
+    def _attach_blocking(self, plans: Sequence[InterfacePlan], netns: str) -> Any:
+        """The native attach of ``plans`` into the pod namespace ``netns`` (worker thread)."""
         with NetNs.open(netns) as pod_ns:
-            return attach(ips, pod_ns, host_ns=self.host_ns)
+            return attach(plans, pod_ns, host_ns=self.host_ns)
 
     def _detach_blocking(self, plans: list[dict[str, Any]], netns: str) -> Any:
 
@@ -778,17 +809,25 @@ class NetworkDriver:
                 log.exception("driver %s: reconcile: attaching pod %s", self.driver_name, pod.ref)
 
     async def _write_status(
-        self, claims: Sequence[ClaimRecord], netns: str, pod_links: Mapping[str, int]
+        self,
+        claims: Sequence[ClaimRecord],
+        netns: str,
+        pod_links: Mapping[str, int],
+        *,
+        delay: float = 0.0,
     ) -> None:
-        """networkData of each attached device on its claim (best effort)."""
+        """networkData of each attached device on its claim (best effort), after
+        ``delay`` seconds."""
         writer = self.status_writer
         if writer is None:
             return
+        if delay > 0:
+            await asyncio.sleep(delay)
 
         macs = await asyncio.to_thread(self._pod_macs, netns)
         for c in claims:
             statuses = []
-            for plan in self._plans_of(c.plans):
+            for plan in self._claim_plans(c):
                 share = next((d.share_id for d in c.devices if d.device_name == plan.device), None)
                 ifindex = pod_links.get(plan.device)
                 conditions = []
@@ -850,7 +889,7 @@ class NetworkDriver:
 
     def _update_attached_gauge(self) -> None:
         if self.store is not None:
-            metrics.ATTACHED_PODS.labels(self.driver_name).set(len(self.store.attachments()))
+            metrics.ATTACHED_PODS.labels(self.driver_name).set(self.store.attachment_count())
 
     # ------------------------------------------------------------------ NRI hooks
 

@@ -1162,7 +1162,8 @@ def attach(
         if i < len(results) and results[i]["ifindex"] is not None
     }
     dt = time.monotonic() - t0
-    log.info("attached %d device(s) in %d sendmsg, %.1f ms", len(plans), res["sendmsg"], dt * 1e3)
+    # debug: the driver logs each pod's attach (with the devices) at info already
+    log.debug("attached %d device(s) in %d sendmsg, %.1f ms", len(plans), res["sendmsg"], dt * 1e3)
     return AttachResult(pod_links, res["sendmsg"], dt)
 
 

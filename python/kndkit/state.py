@@ -486,6 +486,21 @@ class StateStore:
             (ClaimPhase.PREPARED.value,),
         )
 
+    def claims_of_pod(self, pod_uid: str) -> builtins.list[ClaimRecord]:
+        """PREPARED records reserved for pod ``pod_uid``, oldest first.
+
+        Only the matching rows are decoded (``list()`` decodes every record):
+        this runs on every pod start of the node, most of which have no claim
+        of the driver. The text search on the stored JSON is a superset; the
+        exact membership test is done on the decoded records."""
+        needle = json.dumps(pod_uid)  # as the element is written in pod_uids
+        recs = self._query(
+            f"SELECT {_COLUMNS} FROM claims WHERE phase = ? AND instr(pod_uids, ?) > 0 "
+            "ORDER BY created_at, uid",
+            (ClaimPhase.PREPARED.value, needle),
+        )
+        return [r for r in recs if pod_uid in r.pod_uids]
+
     def __len__(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM claims").fetchone()[0])
@@ -647,6 +662,36 @@ class StateStore:
         return self._att_query(
             f"SELECT {_ATT_COLUMNS} FROM attachments ORDER BY created_at, pod_uid"
         )
+
+    def set_attachment_phase(self, pod_uid: str, phase: AttachPhase, *, sync: bool = True) -> float:
+        """Move the attachment of pod ``pod_uid`` to ``phase`` without rewriting the
+        rest of the record (its plans are not encoded again); return the new
+        ``updated_at``. Raises :class:`StateError` when the pod has no record.
+        ``sync`` as for :meth:`put`."""
+        if not isinstance(phase, AttachPhase):
+            raise InvalidArgument(
+                f"attachment of pod {pod_uid}: phase {phase!r} is not an AttachPhase"
+            )
+        now = time.time()
+        with self._lock, self._transaction(sync) as db:
+            cur = db.execute(
+                "UPDATE attachments SET phase = ?, updated_at = ? WHERE pod_uid = ?",
+                (phase.value, now, pod_uid),
+            )
+            if cur.rowcount != 1:
+                raise StateError(f"state file {self.path}: no attachment record of pod {pod_uid}")
+        return now
+
+    def attachment_count(self) -> int:
+        """How many attachment records there are (none is decoded)."""
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT count(*) FROM attachments").fetchone()
+            except sqlite3.ProgrammingError as e:
+                raise StateError(f"state file {self.path}: {e}") from None
+            except sqlite3.DatabaseError as e:
+                raise StateError(f"state file {self.path}: read failed: {e}") from None
+        return int(row[0])
 
     def delete_attachment(self, pod_uid: str, *, sync: bool = True) -> bool:
         """Forget the attachment of pod ``pod_uid``; ``True`` if there was one."""
