@@ -97,10 +97,10 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 STOP_GRACE_S = 10.0
 #: Parsed plans kept per claim (the oldest entry goes beyond this).
 PLAN_CACHE_SIZE = 4096
-#: How long after an attach the claim status (networkData) write starts: it dumps
-#: the pod's links on a worker thread, which would otherwise compete with the
-#: RunPodSandbox reply for the interpreter.
-STATUS_DELAY_S = 0.01
+#: How long after an attach the attached-pods gauge and the claim status
+#: (networkData, which dumps the pod's links on a worker thread) are brought up to
+#: date: work that would otherwise run before the RunPodSandbox reply is sent.
+AFTER_ATTACH_DELAY_S = 0.01
 #: Rescans on link notifications: this many at once, then one per interval (DraNet's).
 LINK_EVENT_BURST = 5
 LINK_EVENT_INTERVAL_S = 2.0
@@ -632,13 +632,13 @@ class NetworkDriver:
         cut off meanwhile: the attach is then undone."""
         async with self._lock_for(pod.uid):
             store = self.open_store()
-            existing = store.get_attachment(pod.uid)
+            existing, claims = store.pod_records(pod.uid)
             if existing is not None and existing.phase is AttachPhase.ATTACHED:
                 log.info("driver %s: pod %s already attached", self.driver_name, pod.ref)
                 return True
             if existing is not None:
                 await self._detach_record(existing)
-            claims = self._claims_of_pod(pod.uid)
+                claims = self._claims_of_pod(pod.uid)
             if not claims:
                 return False
             if pod.host_network or not pod.netns:
@@ -711,12 +711,17 @@ class NetworkDriver:
                 ", ".join(f"{d}(ifindex {i})" for d, i in result.pod_links.items()),
                 elapsed * 1000,
             )
-            self._update_attached_gauge()
-            self._spawn(
-                self._write_status(claims, pod.netns, result.pod_links, delay=STATUS_DELAY_S),
-                "claim-status",
-            )
+            self._spawn(self._after_attach(claims, pod.netns, result.pod_links), "after-attach")
             return True
+
+    async def _after_attach(
+        self, claims: Sequence[ClaimRecord], netns: str, pod_links: Mapping[str, int]
+    ) -> None:
+        """What an attach leaves for later, once the RunPodSandbox reply is out:
+        the attached-pods gauge, then the claim status."""
+        await asyncio.sleep(AFTER_ATTACH_DELAY_S)
+        self._update_attached_gauge()
+        await self._write_status(claims, netns, pod_links)
 
     def _attach_blocking(self, plans: Sequence[InterfacePlan], netns: str) -> Any:
         """The native attach of ``plans`` into the pod namespace ``netns`` (worker thread)."""
@@ -809,20 +814,12 @@ class NetworkDriver:
                 log.exception("driver %s: reconcile: attaching pod %s", self.driver_name, pod.ref)
 
     async def _write_status(
-        self,
-        claims: Sequence[ClaimRecord],
-        netns: str,
-        pod_links: Mapping[str, int],
-        *,
-        delay: float = 0.0,
+        self, claims: Sequence[ClaimRecord], netns: str, pod_links: Mapping[str, int]
     ) -> None:
-        """networkData of each attached device on its claim (best effort), after
-        ``delay`` seconds."""
+        """networkData of each attached device on its claim (best effort)."""
         writer = self.status_writer
         if writer is None:
             return
-        if delay > 0:
-            await asyncio.sleep(delay)
 
         macs = await asyncio.to_thread(self._pod_macs, netns)
         for c in claims:

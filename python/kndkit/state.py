@@ -210,7 +210,40 @@ class AttachmentRecord:
 
 
 def _same_json(a: Any, b: Any) -> bool:
-    """``a`` (as given) equals ``b`` (decoded), tuples counting as lists, NaN never equal."""
+    """``a`` (as given) equals ``b`` (decoded), tuples counting as lists, NaN never equal.
+
+    The plain JSON types are checked here directly (this runs on every plan
+    written, RunPodSandbox included); anything else goes to
+    :func:`_same_json_generic`, which states the rule."""
+    ta = type(a)
+    if ta is str:
+        return type(b) is str and a == b
+    if ta is dict:
+        if type(b) is not dict:
+            return _same_json_generic(a, b)
+        if len(a) != len(b):
+            return False
+        for k, v in a.items():
+            if type(k) is not str:
+                return _same_json_generic(a, b)
+            if k not in b or not _same_json(v, b[k]):
+                return False
+        return True
+    if ta is list:
+        if type(b) is not list:
+            return _same_json_generic(a, b)
+        if len(a) != len(b):
+            return False
+        return all(map(_same_json, a, b))
+    if a is None:
+        return b is None
+    if ta is int or ta is bool:
+        return type(b) is ta and a == b
+    return _same_json_generic(a, b)
+
+
+def _same_json_generic(a: Any, b: Any) -> bool:
+    """:func:`_same_json` for any type of ``a``."""
     if isinstance(a, (list, tuple)):
         return isinstance(b, list) and len(a) == len(b) and all(map(_same_json, a, b))
     if isinstance(a, Mapping):
@@ -656,6 +689,38 @@ class StateStore:
             f"SELECT {_ATT_COLUMNS} FROM attachments WHERE pod_uid = ?", (pod_uid,)
         )
         return recs[0] if recs else None
+
+    def pod_records(
+        self, pod_uid: str
+    ) -> tuple[AttachmentRecord | None, builtins.list[ClaimRecord]]:
+        """The attachment of pod ``pod_uid`` (or ``None``) and its PREPARED claims
+        (as :meth:`claims_of_pod`), read in one transaction: one consistent view,
+        one read lock of the file."""
+        needle = json.dumps(pod_uid)
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN")
+                try:
+                    att = db.execute(
+                        f"SELECT {_ATT_COLUMNS} FROM attachments WHERE pod_uid = ?", (pod_uid,)
+                    ).fetchall()
+                    rows = db.execute(
+                        f"SELECT {_COLUMNS} FROM claims WHERE phase = ? AND instr(pod_uids, ?) > 0 "
+                        "ORDER BY created_at, uid",
+                        (ClaimPhase.PREPARED.value, needle),
+                    ).fetchall()
+                finally:
+                    db.execute("COMMIT")
+            except sqlite3.ProgrammingError as e:
+                raise StateError(f"state file {self.path}: {e}") from None
+            except sqlite3.DatabaseError as e:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise StateError(f"state file {self.path}: read failed: {e}") from None
+        claims = [c for c in map(self._row, rows) if pod_uid in c.pod_uids]
+        return (self._att_row(att[0]) if att else None), claims
 
     def attachments(self) -> builtins.list[AttachmentRecord]:
         """Every attachment record, oldest first."""

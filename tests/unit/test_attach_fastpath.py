@@ -9,15 +9,19 @@ host namespace, pods as namespaces) and a real StateStore.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kndkit import plan as plan_mod
 from kndkit import state as state_mod
@@ -352,3 +356,66 @@ async def test_attaching_is_committed_before_the_kernel_is_touched(
 def test_state_module_keeps_its_schema() -> None:
     # the fast path adds no table or column: files stay readable by the same schema
     assert state_mod.SCHEMA_VERSION == 2
+
+
+# --------------------------------------------------------------------------- _same_json
+
+
+def _reference_same_json(a: Any, b: Any) -> bool:
+    """The rule as first written (one isinstance chain), to check the fast version."""
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_reference_same_json, a, b))
+    if isinstance(a, Mapping):
+        return (
+            isinstance(b, dict)
+            and all(isinstance(k, str) for k in a)
+            and a.keys() == b.keys()
+            and all(_reference_same_json(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, bool) or a is None or isinstance(a, str):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int):
+        return type(b) is int and a == b
+    if isinstance(a, float):
+        return isinstance(b, float) and math.isfinite(a) and a == b
+    return False
+
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
+    st.builds(_Str, st.text(max_size=3)),
+    st.builds(_Int, st.integers()),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=4).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=3), st.integers()), inner, max_size=4),
+        st.dictionaries(st.builds(_Str, st.text(max_size=3)), inner, max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_values, _values)
+def test_same_json_matches_the_rule(a: Any, other: Any) -> None:
+    try:
+        decoded = json.loads(json.dumps(a))
+    except (TypeError, ValueError):
+        decoded = other
+    for b in (decoded, other):
+        assert state_mod._same_json(a, b) == _reference_same_json(a, b)
