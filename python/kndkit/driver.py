@@ -30,6 +30,15 @@ cut either, and Synchronize after a reboot finds those pods gone.
 An attach that finishes after the NRI plugin failed its request (the runtime's
 deadline was near) is undone at once: the runtime has given up on that pod.
 
+RunPodSandbox is on every pod's start path, so it does little besides the one
+native call: one read of the state file for the pod's attachment and prepared
+claims (only the pod's own records are decoded; a pod without claims of the
+driver costs that read and nothing else), the plans parsed at prepare reused
+(kept per claim while the stored plans are the same), the ATTACHING record
+committed before the kernel is touched and then moved to ATTACHED by a
+phase-only update. The attached-pods gauge and the claim status follow
+shortly after the reply (``AFTER_ATTACH_DELAY_S``).
+
 Devices: discovery runs in the host namespace on start, every
 ``rescan_interval`` seconds, when a link of the host namespace is added,
 removed or changed (rate-limited, see :meth:`NetworkDriver.watch_links`), after
