@@ -36,8 +36,8 @@ claims (only the pod's own records are decoded; a pod without claims of the
 driver costs that read and nothing else), the plans parsed at prepare reused
 (kept per claim while the stored plans are the same), the ATTACHING record
 committed before the kernel is touched and then moved to ATTACHED by a
-phase-only update. The attached-pods gauge and the claim status follow
-shortly after the reply (``AFTER_ATTACH_DELAY_S``).
+phase-only update. The "attached" log line, the attached-pods gauge and the
+claim status follow shortly after the reply (``AFTER_ATTACH_DELAY_S``).
 
 Devices: discovery runs in the host namespace on start, every
 ``rescan_interval`` seconds, when a link of the host namespace is added,
@@ -713,22 +713,31 @@ class NetworkDriver:
                 )
                 await self._detach_record(rec)
                 return True
-            log.info(
-                "driver %s: pod %s attached: %s in %.1f ms",
-                self.driver_name,
-                pod.ref,
-                ", ".join(f"{d}(ifindex {i})" for d, i in result.pod_links.items()),
-                elapsed * 1000,
+            self._spawn(
+                self._after_attach(claims, pod.ref, pod.netns, result.pod_links, elapsed),
+                "after-attach",
             )
-            self._spawn(self._after_attach(claims, pod.netns, result.pod_links), "after-attach")
             return True
 
     async def _after_attach(
-        self, claims: Sequence[ClaimRecord], netns: str, pod_links: Mapping[str, int]
+        self,
+        claims: Sequence[ClaimRecord],
+        pod_ref: str,
+        netns: str,
+        pod_links: Mapping[str, int],
+        elapsed: float,
     ) -> None:
         """What an attach leaves for later, once the RunPodSandbox reply is out:
-        the attached-pods gauge, then the claim status."""
+        its log line (with the time the native attach took), the attached-pods
+        gauge, then the claim status."""
         await asyncio.sleep(AFTER_ATTACH_DELAY_S)
+        log.info(
+            "driver %s: pod %s attached: %s in %.1f ms",
+            self.driver_name,
+            pod_ref,
+            ", ".join(f"{d}(ifindex {i})" for d, i in pod_links.items()),
+            elapsed * 1000,
+        )
         self._update_attached_gauge()
         await self._write_status(claims, netns, pod_links)
 

@@ -263,16 +263,22 @@ def _same_json_generic(a: Any, b: Any) -> bool:
 
 
 def _encode_plans(label: str, plans: Any) -> str:
+    return _encode_plans_decoded(label, plans)[0]
+
+
+def _encode_plans_decoded(label: str, plans: Any) -> tuple[str, Any]:
+    """:func:`_encode_plans`, and the text decoded again (what a read returns)."""
     try:
         text = json.dumps(plans, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as e:
         raise InvalidArgument(f"{label}: plans are not JSON data: {e}") from None
-    if not _same_json(plans, json.loads(text)):
+    decoded = json.loads(text)
+    if not _same_json(plans, decoded):
         raise InvalidArgument(
             f"{label}: plans do not survive a JSON round trip (non-string dict keys, "
             "a subclass of a JSON type, or another value JSON cannot represent exactly)"
         )
-    return text
+    return text, decoded
 
 
 def _encode_devices(devices: Sequence[PreparedDevice]) -> str:
@@ -653,7 +659,7 @@ class StateStore:
             raise InvalidArgument(
                 f"attachment of pod {record.pod_uid}: claim_uids must be a sequence of strings"
             )
-        plans = _encode_plans(f"attachment of pod {record.pod_uid}", record.plans)
+        plans, decoded = _encode_plans_decoded(f"attachment of pod {record.pod_uid}", record.plans)
         claims = json.dumps(list(record.claim_uids))
         now = time.time()
         with self._lock, self._transaction(sync) as db:
@@ -680,7 +686,7 @@ class StateStore:
             claim_uids=tuple(record.claim_uids),
             created_at=created,
             updated_at=now,
-            plans=json.loads(plans),
+            plans=decoded,
         )
 
     def get_attachment(self, pod_uid: str) -> AttachmentRecord | None:
