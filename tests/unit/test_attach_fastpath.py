@@ -106,6 +106,25 @@ def test_claims_of_pod_decodes_only_matches(
     assert decoded == ["u7"]
 
 
+def test_pod_records_reads_attachment_and_claims(store: StateStore) -> None:
+    assert store.pod_records("pod-1") == (None, [])
+    store.put(_rec("a", ["pod-1"]))
+    store.put(_rec("b", ["pod-10"]))
+    att, claims = store.pod_records("pod-1")
+    assert att is None and [c.uid for c in claims] == ["a"]
+    store.put_attachment(
+        AttachmentRecord("pod-1", "ns/p", "/run/netns/p", AttachPhase.ATTACHED, ("a",), [])
+    )
+    att, claims = store.pod_records("pod-1")
+    assert att is not None and att.phase is AttachPhase.ATTACHED
+    assert att == store.get_attachment("pod-1")
+    assert claims == store.claims_of_pod("pod-1")
+    assert not store._db.in_transaction  # the read transaction is closed
+    # a write right after works (no read transaction left open)
+    store.delete_attachment("pod-1")
+    assert store.pod_records("pod-1")[0] is None
+
+
 def test_set_attachment_phase_and_count(store: StateStore) -> None:
     assert store.attachment_count() == 0
     plans = [InterfacePlan.macvlan("d", "eth0").to_json()]
