@@ -46,6 +46,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from kndkit import _sqlite
 from kndkit.errors import InvalidArgument, KndError
 
 __all__ = [
@@ -247,17 +248,6 @@ class Lease:
 # --------------------------------------------------------------------------- the allocator
 
 
-def _is_busy(e: sqlite3.Error) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(e) or "busy" in str(e)
-
-
-class _Busy(Exception):
-    """The set-up met another process's lock (retried)."""
-
-
 class Ipam:
     """Addresses from ``ranges`` leased to owners; see the module docstring.
 
@@ -325,13 +315,7 @@ class Ipam:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as e:
-            raise IpamError(f"IPAM file {self.path}: cannot open: {e}") from None
+        self._db = _sqlite.connect(self.path, busy_timeout=busy_timeout, fail=self._error)
         try:
             self._setup()
         except BaseException:
@@ -349,29 +333,15 @@ class Ipam:
     # ---- opening
 
     def _setup(self) -> None:
-        deadline = time.monotonic() + self.busy_timeout
-        delay = 0.005
-        while True:
-            try:
-                self._setup_once()
-                return
-            except _Busy:
-                if time.monotonic() >= deadline:
-                    raise IpamError(
-                        f"IPAM file {self.path}: still locked by another process after "
-                        f"{self.busy_timeout:g} s"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+        _sqlite.retry_while_busy(self._setup_once, busy_timeout=self.busy_timeout, fail=self._error)
+
+    def _error(self, message: str) -> IpamError:
+        return IpamError(f"IPAM file {self.path}: {message}")
 
     def _setup_once(self) -> None:
         db = self._db
         try:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise IpamError(f"IPAM file {self.path}: WAL journal mode refused ({mode})")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            _sqlite.enable_wal(db, busy_timeout=self.busy_timeout, fail=self._error)
             with self._transaction(setup=True):
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
@@ -387,8 +357,8 @@ class Ipam:
                         f"understands {SCHEMA_VERSION}"
                     )
         except sqlite3.OperationalError as e:
-            if _is_busy(e):
-                raise _Busy from None
+            if _sqlite.is_busy(e):
+                raise _sqlite.Busy from None
             raise IpamError(f"IPAM file {self.path} is not usable: {e}") from None
         except sqlite3.DatabaseError as e:
             raise IpamError(f"IPAM file {self.path} is not usable: {e}") from None

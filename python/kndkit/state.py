@@ -62,6 +62,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from kndkit import _sqlite
 from kndkit.dra.types import ClaimRef, PreparedDevice
 from kndkit.errors import InvalidArgument, KndError
 
@@ -328,18 +329,6 @@ def _check_record(rec: ClaimRecord) -> None:
 # --------------------------------------------------------------------------- the store
 
 
-class _Busy(Exception):
-    """The set-up met another process's lock (retried)."""
-
-
-def _is_busy(e: sqlite3.Error) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    if code is not None:
-        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    text = str(e)
-    return "database is locked" in text or "database is busy" in text
-
-
 class StateStore:
     """Prepared claims in one SQLite file; see the module docstring for the guarantees.
 
@@ -353,17 +342,8 @@ class StateStore:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
         self._lock = threading.Lock()
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(
-                self.path,
-                timeout=busy_timeout,
-                isolation_level=None,  # transactions are explicit (BEGIN IMMEDIATE)
-                check_same_thread=False,  # guarded by self._lock
-            )
-        except sqlite3.Error as e:
-            raise StateError(f"state file {self.path}: cannot open: {e}") from None
+        # Explicit transactions (BEGIN IMMEDIATE); shared by threads under self._lock.
+        self._db = _sqlite.connect(self.path, busy_timeout=busy_timeout, fail=self._error)
         try:
             self._setup()
         except BaseException:
@@ -377,29 +357,15 @@ class StateStore:
         # SQLITE_BUSY where SQLite does not call its busy handler: switching the
         # file to WAL and building the WAL index. Every step here is idempotent,
         # so the whole set-up is retried until busy_timeout.
-        deadline = time.monotonic() + self.busy_timeout
-        delay = 0.005
-        while True:
-            try:
-                self._setup_once()
-                return
-            except _Busy:
-                if time.monotonic() >= deadline:
-                    raise StateError(
-                        f"state file {self.path}: still locked by another process after "
-                        f"{self.busy_timeout:g} s"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+        _sqlite.retry_while_busy(self._setup_once, busy_timeout=self.busy_timeout, fail=self._error)
+
+    def _error(self, message: str) -> StateError:
+        return StateError(f"state file {self.path}: {message}")
 
     def _setup_once(self) -> None:
         db = self._db
         try:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StateError(f"state file {self.path}: WAL journal mode refused ({mode})")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            _sqlite.enable_wal(db, busy_timeout=self.busy_timeout, fail=self._error)
             check = db.execute("PRAGMA quick_check").fetchall()
             if check != [("ok",)]:
                 raise StateError(
@@ -437,8 +403,8 @@ class StateStore:
                         "UPDATE schema_version SET version = ? WHERE id = 1", (SCHEMA_VERSION,)
                     )
         except sqlite3.OperationalError as e:
-            if _is_busy(e):
-                raise _Busy from None
+            if _sqlite.is_busy(e):
+                raise _sqlite.Busy from None
             raise StateError(
                 f"state file {self.path} is not a usable kndkit state database: {e}"
             ) from None
