@@ -39,12 +39,11 @@ import pathlib
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 for _p in (ROOT, ROOT / "tests"):
@@ -63,6 +62,7 @@ from peers.nri_fixtures import (  # noqa: E402
 )
 
 from benches.report import nri_table  # noqa: E402
+from kndkit.testing.nri import PluginProcess  # noqa: E402
 
 IMPLS = ("kndkit", "go")
 SCENARIOS = ("run_pod_sandbox", "create_container")
@@ -81,16 +81,7 @@ class BenchCheckError(AssertionError):
     """A block whose calls were not all full round trips through the plugin."""
 
 
-class PluginProcess(Protocol):
-    qualified: str
-    proc: subprocess.Popen[bytes]
-
-    def stderr_tail(self, lines: int = 40) -> str: ...
-
-    def stop(self) -> None: ...
-
-
-class KndkitBenchPlugin:
+class KndkitBenchPlugin(PluginProcess):
     """``benches/nri_kndkit_plugin.py`` running in its own interpreter."""
 
     def __init__(
@@ -102,31 +93,12 @@ class KndkitBenchPlugin:
         name: str = "bench-py",
         profile: pathlib.Path | None = None,
     ) -> None:
-        self.qualified = f"{idx}-{name}"
-        self.stderr_path = workdir / f"plugin-{self.qualified}.stderr"
         args = [sys.executable, str(PLUGIN_SCRIPT), "--socket", str(runtime.socket)]
         args += ["--idx", idx, "--name", name]
         if profile is not None:
             args += ["--profile", str(profile)]
-        self._stderr: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=self._stderr)
-
-    def stderr_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
         # SIGTERM: the script stops the plugin and (with --profile) writes its stats
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._stderr.close()
+        super().__init__(args, workdir, f"{idx}-{name}", stop_timeout=15)
 
 
 @dataclass

@@ -459,7 +459,45 @@ class NRIPlugin:
         self._stderr.close()
 
 
-class NRIBenchPlugin:
+class PluginProcess:
+    """A plugin process started by a test or benchmark, its stderr kept in a file.
+
+    ``stop`` sends SIGTERM (the plugin exits and, where it writes any, its stats),
+    waits ``stop_timeout`` seconds, then kills it.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        workdir: pathlib.Path,
+        qualified: str,
+        *,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.qualified = qualified
+        self.stop_timeout = stop_timeout
+        self.stderr_path = workdir / f"plugin-{qualified}.stderr"
+        self._stderr: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=self._stderr)
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._stderr.close()
+
+
+class NRIBenchPlugin(PluginProcess):
     """A running bench-plugin process (the benchmark's Go anchor on the upstream stub)."""
 
     def __init__(
@@ -473,27 +511,8 @@ class NRIBenchPlugin:
     ) -> None:
         self.name = name
         self.idx = idx
-        self.qualified = f"{idx}-{name}"
-        self.stderr_path = workdir / f"plugin-{self.qualified}.stderr"
-        args = [str(binary), "-idx", idx, "-name", name, "-socket", str(runtime.socket)]
-        self._stderr: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stderr=self._stderr)
-
-    def stderr_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._stderr.close()
+        argv = [str(binary), "-idx", idx, "-name", name, "-socket", str(runtime.socket)]
+        super().__init__(argv, workdir, f"{idx}-{name}")
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
