@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything kndkit needs on a fresh Debian machine, idempotently:
+# Installs everything kndkit needs on a fresh Debian machine, idempotently (Go
+# too, from the module proxy, when missing):
 #   Debian packages, the Rust components, a Python venv (.venv) with kndkit built
 #   by maturin (release profile) and its test tools, and (with --peers) the Go
 #   test peers under tests/peers/.
@@ -44,6 +45,40 @@ if ! command -v cargo >/dev/null; then
 fi
 if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+fi
+
+# Go (the test peers and `kndkit demo` build upstream Kubernetes/containerd code
+# from Go modules): when no go is on PATH or in /usr/local/go, install the
+# toolchain from the Go module proxy (the zip `go` itself fetches for
+# GOTOOLCHAIN switches) into /usr/local/go.
+GO_VERSION=${KNDKIT_GO_VERSION:-1.26.8}
+if ! command -v go >/dev/null && [ ! -x /usr/local/go/bin/go ]; then
+  case "$(uname -m)" in
+    x86_64) goarch=amd64 ;; aarch64|arm64) goarch=arm64 ;;
+    *) echo "setup.sh: no Go toolchain for $(uname -m); install Go >= 1.26 by hand" >&2; exit 1 ;;
+  esac
+  proxy=${GOPROXY:-https://proxy.golang.org}; proxy=${proxy%%,*}
+  mod="golang.org/toolchain@v0.0.1-go${GO_VERSION}.linux-${goarch}"
+  log "installing Go ${GO_VERSION} from ${proxy} into /usr/local/go"
+  tmp=$(mktemp -d)
+  curl -sSfL -o "$tmp/go.zip" "${proxy}/golang.org/toolchain/@v/v0.0.1-go${GO_VERSION}.linux-${goarch}.zip"
+  python3 - "$tmp/go.zip" "$mod/" "$tmp/go" <<'PY'
+import os, sys, zipfile
+src, prefix, dest = sys.argv[1:]
+with zipfile.ZipFile(src) as z:
+    for info in z.infolist():
+        if not info.filename.startswith(prefix) or info.is_dir():
+            continue
+        out = os.path.join(dest, info.filename[len(prefix):])
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with z.open(info) as r, open(out, "wb") as w:
+            w.write(r.read())
+        os.chmod(out, (info.external_attr >> 16) & 0o777 or 0o644)
+PY
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO mv "$tmp/go" /usr/local/go
+  rm -rf "$tmp"
+  /usr/local/go/bin/go version >&2
 fi
 
 # Python venv with build and test tools.
